@@ -1,0 +1,40 @@
+# clinic-api: `make run` to serve, `make test` to test. `make help` lists every target.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat setup.cfg | cksum | cut -d' ' -f1)
+export APP_ENV ?= development
+
+.DEFAULT_GOAL := help
+.PHONY: help install run serve migrate rollback test test-fast lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## Create .venv and install the pinned dependencies
+
+run: $(STAMP) ## Start the API on 127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)
+	$(BIN)/clinic-api run
+
+migrate: $(STAMP) ## Apply pending migrations to DATABASE_URL (or the embedded database)
+	$(BIN)/clinic-api migrate
+
+rollback: $(STAMP) ## Roll back the newest migration
+	$(BIN)/clinic-api rollback
+
+test: $(STAMP) ## Run the whole test suite (embedded PostgreSQL unless TEST_DATABASE_URL/DATABASE_URL)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## Validate the OpenAPI spec
+	$(BIN)/python -c "from openapi_spec_validator import validate; from openapi_spec_validator.readers import read_from_filename; validate(read_from_filename('spec/openapi.yaml')[0]); print('spec/openapi.yaml is valid')"
+
+clean: ## Remove the virtualenv, caches and the local data folder (embedded database included)
+	rm -rf $(VENV) .local .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

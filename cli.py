@@ -1,0 +1,169 @@
+"""``clinic-api``: the operator's command line (migrate, rollback, serve, create-org, run)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import secrets
+import sys
+
+import config
+from models import database
+
+log = logging.getLogger("clinic-api")
+
+
+def _database_url(settings: config.Settings) -> str:
+    return database.resolve_url(settings)
+
+
+def cmd_migrate(settings, _args) -> int:
+    """Apply every pending migration."""
+    applied = database.migrate(_database_url(settings))
+    print(f"applied {applied} migration(s)")
+    return 0
+
+
+def cmd_rollback(settings, args) -> int:
+    """Roll back the newest applied migration (or --steps N, or --all)."""
+    steps = None if args.all else args.steps
+    undone = database.rollback(_database_url(settings), steps)
+    print(f"rolled back {undone} migration(s)")
+    return 0
+
+
+def cmd_create_org(settings, args) -> int:
+    """Create an organization, its first branch and an admin; the password never comes from a flag."""
+    password = settings.admin_password
+    if not password:
+        if sys.stdin.isatty():
+            import getpass
+
+            password = getpass.getpass("Admin password: ")
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+    url = _database_url(settings)
+    result = _with_app_engine(settings, url, lambda: _create_org(args, password))
+    print(json.dumps(result))
+    return 0
+
+
+def _create_org(args, password):
+    from middleware.errors import ApiError, from_database_error
+    from models import accounts
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        return accounts.create_organization(
+            name=args.name, branch_name=args.branch_name, admin_email=args.admin_email,
+            admin_password=password, admin_name=args.admin_name,
+        )
+    except ApiError as exc:
+        raise SystemExit(f"error: {exc.message}") from exc
+    except DBAPIError as exc:
+        mapped = from_database_error(exc)
+        raise SystemExit(f"error: {mapped.message if mapped else exc}") from exc
+
+
+def _with_app_engine(settings, url, action):
+    from middleware import auth
+
+    auth.configure(settings)
+    engine = database.create_engine(url, settings)
+    database.install(engine)
+    try:
+        return action()
+    finally:
+        engine.dispose()
+
+
+def cmd_serve(settings, _args) -> int:
+    """Serve the API with gunicorn and uvicorn workers (one per core by default)."""
+    url = _database_url(settings)
+    _serve(settings, url)
+    return 0
+
+
+def _serve(settings, url) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("worker_class", "uvicorn_worker.UvicornWorker")
+            self.cfg.set("graceful_timeout", 30)
+            self.cfg.set("accesslog", None)
+
+        def load(self):
+            # Runs in each worker after the fork: every worker gets its own connection pool.
+            from app import create_app
+
+            return create_app(settings, database_url=url)
+
+    Server().run()
+
+
+def cmd_run(settings, _args) -> int:
+    """Development: embedded database unless DATABASE_URL is set, migrations, demo data, serve."""
+    url = _database_url(settings)
+    applied = database.migrate(url)
+    print(f"database ready ({'DATABASE_URL' if settings.database_url else 'embedded PostgreSQL in ' + str(settings.data_dir)}); {applied} migration(s) applied")
+    credentials = _with_app_engine(settings, url, lambda: _ensure_demo(settings))
+    print(f"demo admin: {credentials['email']} / {credentials['password']}")
+    print(f"API on http://{settings.host}:{settings.port}  (spec: /openapi.json, Swagger UI: /ui)")
+    _serve(settings, url)
+    return 0
+
+
+def _ensure_demo(settings) -> dict:
+    """The demo organization, created once; its credentials are kept in the data folder."""
+    from models import accounts
+
+    saved = settings.data_dir / "demo_admin.json"
+    if saved.exists():
+        return json.loads(saved.read_text())
+    password = settings.demo_admin_password or secrets.token_urlsafe(12)
+    accounts.create_organization(
+        name=settings.demo_org_name, branch_name=settings.demo_branch_name,
+        admin_email=settings.demo_admin_email, admin_password=password,
+    )
+    credentials = {"email": settings.demo_admin_email, "password": password}
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(credentials))
+    saved.chmod(0o600)
+    return credentials
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clinic-api", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help=cmd_migrate.__doc__).set_defaults(func=cmd_migrate)
+    rollback = sub.add_parser("rollback", help=cmd_rollback.__doc__)
+    rollback.add_argument("--steps", type=int, default=1)
+    rollback.add_argument("--all", action="store_true")
+    rollback.set_defaults(func=cmd_rollback)
+    sub.add_parser("serve", help=cmd_serve.__doc__).set_defaults(func=cmd_serve)
+    sub.add_parser("run", help=cmd_run.__doc__).set_defaults(func=cmd_run)
+    create = sub.add_parser("create-org", help=cmd_create_org.__doc__)
+    create.add_argument("--name", required=True)
+    create.add_argument("--branch-name", required=True)
+    create.add_argument("--admin-email", required=True)
+    create.add_argument("--admin-name", default="Administrator")
+    create.set_defaults(func=cmd_create_org)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        settings = config.load(serving=args.command in ("serve", "run"))
+    except config.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return args.func(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The one place that reads the environment.
+
+Every setting the service understands is declared here with its default; nothing else in the code
+base touches ``os.environ``. The README's configuration table mirrors this module.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _int(name: str, default: int, env) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _bool(name: str, default: bool, env) -> bool:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _list(name: str, env) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Immutable snapshot of the configuration, built once at start-up."""
+
+    env: str = "production"
+    database_url: str | None = None
+    data_dir: Path = ROOT / ".local"
+    db_pool_size: int = 10
+    db_max_overflow: int = 5
+    db_statement_timeout_ms: int = 5000
+    db_lock_timeout_ms: int = 2000
+    db_idle_in_transaction_timeout_ms: int = 10000
+    db_connect_timeout_s: int = 3
+    jwt_secret: str = ""
+    jwt_issuer: str = "clinic-api"
+    jwt_audience: str = "clinic-api"
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    bcrypt_rounds: int = 12
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    log_level: str = "INFO"
+    rate_limit_default: str = "100/minute"
+    rate_limit_login: str = "10/minute"
+    rate_limit_login_account: str = "5/15minute"
+    rate_limit_storage_uri: str = "memory://"
+    rate_limit_enabled: bool = True
+    trusted_proxies: tuple[str, ...] = ()
+    max_body_bytes: int = 1024 * 1024
+    cors_origins: tuple[str, ...] = ()
+    validate_responses: bool = False
+    demo_org_name: str = "Demo Clinic"
+    demo_branch_name: str = "Main Branch"
+    demo_admin_email: str = "admin@demo.clinic"
+    demo_admin_password: str = ""
+    admin_password: str = ""
+
+    @property
+    def is_development(self) -> bool:
+        return self.env in ("development", "test")
+
+    def with_overrides(self, **changes) -> "Settings":
+        """A copy with some values replaced (tests and the dev runner use it)."""
+        return replace(self, **changes)
+
+
+def load(env=None, *, serving: bool = True) -> Settings:
+    """Read the settings from the environment (or the given mapping) and check them.
+
+    ``serving=False`` is for commands that issue no tokens (migrate, rollback, create-org): they
+    do not need JWT_SECRET.
+    """
+    env = os.environ if env is None else env
+    defaults = Settings()
+    settings = Settings(
+        env=env.get("APP_ENV", defaults.env),
+        database_url=env.get("DATABASE_URL") or None,
+        data_dir=Path(env.get("DATA_DIR", str(defaults.data_dir))),
+        db_pool_size=_int("DB_POOL_SIZE", defaults.db_pool_size, env),
+        db_max_overflow=_int("DB_MAX_OVERFLOW", defaults.db_max_overflow, env),
+        db_statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", defaults.db_statement_timeout_ms, env),
+        db_lock_timeout_ms=_int("DB_LOCK_TIMEOUT_MS", defaults.db_lock_timeout_ms, env),
+        db_idle_in_transaction_timeout_ms=_int(
+            "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", defaults.db_idle_in_transaction_timeout_ms, env
+        ),
+        db_connect_timeout_s=_int("DB_CONNECT_TIMEOUT_S", defaults.db_connect_timeout_s, env),
+        jwt_secret=env.get("JWT_SECRET", ""),
+        jwt_issuer=env.get("JWT_ISSUER", defaults.jwt_issuer),
+        jwt_audience=env.get("JWT_AUDIENCE", defaults.jwt_audience),
+        access_token_ttl_s=_int("ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_s, env),
+        refresh_token_ttl_s=_int("REFRESH_TOKEN_TTL_SECONDS", defaults.refresh_token_ttl_s, env),
+        bcrypt_rounds=_int("BCRYPT_ROUNDS", defaults.bcrypt_rounds, env),
+        host=env.get("HOST", defaults.host),
+        port=_int("PORT", defaults.port, env),
+        workers=_int("WEB_CONCURRENCY", defaults.workers, env),
+        log_level=env.get("LOG_LEVEL", defaults.log_level).upper(),
+        rate_limit_default=env.get("RATE_LIMIT_DEFAULT", defaults.rate_limit_default),
+        rate_limit_login=env.get("RATE_LIMIT_LOGIN", defaults.rate_limit_login),
+        rate_limit_login_account=env.get("RATE_LIMIT_LOGIN_ACCOUNT", defaults.rate_limit_login_account),
+        rate_limit_storage_uri=env.get("RATE_LIMIT_STORAGE_URI", defaults.rate_limit_storage_uri),
+        rate_limit_enabled=_bool("RATE_LIMIT_ENABLED", defaults.rate_limit_enabled, env),
+        trusted_proxies=_list("TRUSTED_PROXIES", env),
+        max_body_bytes=_int("MAX_BODY_BYTES", defaults.max_body_bytes, env),
+        cors_origins=_list("CORS_ORIGINS", env),
+        validate_responses=_bool("VALIDATE_RESPONSES", defaults.validate_responses, env),
+        demo_org_name=env.get("DEMO_ORG_NAME", defaults.demo_org_name),
+        demo_branch_name=env.get("DEMO_BRANCH_NAME", defaults.demo_branch_name),
+        demo_admin_email=env.get("DEMO_ADMIN_EMAIL", defaults.demo_admin_email),
+        demo_admin_password=env.get("DEMO_ADMIN_PASSWORD", ""),
+        admin_password=env.get("ADMIN_PASSWORD", ""),
+    )
+    if settings.is_development and not settings.jwt_secret:
+        settings = replace(settings, jwt_secret=_local_secret(settings.data_dir))
+    check(settings, serving=serving)
+    return settings
+
+
+def _local_secret(data_dir: Path) -> str:
+    """Development only: a signing key generated once and kept in the data folder, so tokens
+    survive restarts and are shared by every worker."""
+    path = data_dir / "jwt_secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def check(settings: Settings, *, serving: bool = True) -> None:
+    """Refuse to start with settings that would be unsafe or meaningless."""
+    if serving and not settings.is_development and len(settings.jwt_secret) < 32:
+        raise ConfigError(
+            "JWT_SECRET must be set to at least 32 characters when APP_ENV is not development"
+        )
+    if not 4 <= settings.bcrypt_rounds <= 31:
+        raise ConfigError("BCRYPT_ROUNDS must be between 4 and 31")
+    if settings.access_token_ttl_s <= 0 or settings.refresh_token_ttl_s <= 0:
+        raise ConfigError("ACCESS_TOKEN_TTL_SECONDS and REFRESH_TOKEN_TTL_SECONDS must be positive")
+
+
+def test_database_url(env=None) -> str | None:
+    """Where the test suite should run: TEST_DATABASE_URL, else DATABASE_URL, else embedded."""
+    env = os.environ if env is None else env
+    return env.get("TEST_DATABASE_URL") or env.get("DATABASE_URL") or None
+
+
+def ci_postgres_url(env=None) -> str | None:
+    """A second server for the migration tests (CI sets it when PostgreSQL 15 answers)."""
+    env = os.environ if env is None else env
+    return env.get("SECONDARY_DATABASE_URL") or None
+
+
+def contract_examples(env=None) -> int:
+    """How many examples schemathesis tries per operation (``make fuzz`` raises it)."""
+    env = os.environ if env is None else env
+    return _int("CONTRACT_EXAMPLES", 25, env)

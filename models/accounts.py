@@ -1,0 +1,214 @@
+"""Logins, refresh-token sessions, role grants and new organizations."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy import func, select
+
+from middleware import auth
+from middleware.errors import ApiError
+from models import audit
+from models.database import current_engine
+from models.resources import STAFF_SECRETS
+from models.tables import branch, organization, role, session, staff, user_role
+
+log = logging.getLogger(__name__)
+
+STAFF_PUBLIC = [c for c in staff.c if c.name not in STAFF_SECRETS]
+
+
+def grants(conn, org_id: str, staff_id: str) -> tuple[list[str], list[str]]:
+    """The role names and the union of scopes granted to a staff member."""
+    rows = conn.execute(
+        select(role.c.name, role.c.scopes)
+        .join(user_role, user_role.c.role_id == role.c.id)
+        .where(user_role.c.org_id == org_id, user_role.c.user_id == staff_id)
+        .order_by(role.c.name)
+    ).all()
+    scopes = sorted({scope for _, granted in rows for scope in granted})
+    return [name for name, _ in rows], scopes
+
+
+def _live_staff_by_email(conn, email: str):
+    return conn.execute(
+        select(*STAFF_PUBLIC, staff.c.password_hash)
+        .where(func.lower(staff.c.email) == email.lower(), staff.c.deleted_at.is_(None))
+    ).mappings().first()
+
+
+def _start_session(conn, member, family_id: str, origin: dict) -> tuple[str, str]:
+    """A new session row; returns the refresh token (shown once) and the row's id."""
+    token, token_hash = auth.new_refresh_token()
+    session_id = conn.execute(
+        session.insert().values(
+            org_id=member["org_id"],
+            user_id=member["id"],
+            family_id=family_id,
+            refresh_token_hash=token_hash,
+            expires_at=func.now() + dt.timedelta(seconds=auth.settings().refresh_token_ttl_s),
+            ip_address=origin.get("ip_address"),
+            user_agent=origin.get("user_agent"),
+        ).returning(session.c.id)
+    ).scalar_one()
+    return token, session_id
+
+
+def _tokens(conn, member, refresh_token: str) -> dict:
+    roles, scopes = grants(conn, member["org_id"], member["id"])
+    access = auth.issue_access_token(
+        staff_id=member["id"], org_id=member["org_id"], roles=roles, scopes=scopes
+    )
+    return {"access_token": access, "refresh_token": refresh_token, "token_type": "Bearer",
+            "expires_in": auth.settings().access_token_ttl_s}
+
+
+def login(email: str, password: str, origin: dict) -> dict:
+    """Check the credentials and open a session; unknown email and bad password look the same."""
+    if not auth.password_fits(password):
+        raise ApiError("VALIDATION_ERROR", "password must be 1 to 72 bytes", field="password")
+    engine = current_engine()
+    with engine.connect() as conn:
+        member = _live_staff_by_email(conn, email)
+    # bcrypt runs outside any transaction so a slow hash never holds a database connection.
+    accepted = auth.check_password(password, member["password_hash"] if member else None)
+    with engine.begin() as conn:
+        if not accepted:
+            if member is None:
+                log.info("login failed for an unknown email", extra={"event": "login_failed"})
+            else:
+                audit.record(conn, org_id=member["org_id"], user_id=member["id"],
+                             action="login_failed", resource="session", origin=origin)
+        else:
+            refresh, _ = _start_session(conn, member, str(uuid.uuid4()), origin)
+            result = _tokens(conn, member, refresh)
+            result["user"] = _public(member)
+            audit.record(conn, org_id=member["org_id"], user_id=member["id"], action="login",
+                         resource="session", origin=origin)
+    if not accepted:
+        raise ApiError("INVALID_CREDENTIALS")
+    return result
+
+
+def refresh(refresh_token: str, origin: dict) -> dict:
+    """Rotate a refresh token. A token that was already rotated revokes its whole family."""
+    token_hash = auth.hash_refresh_token(refresh_token)
+    with current_engine().begin() as conn:
+        current = conn.execute(
+            select(session).where(session.c.refresh_token_hash == token_hash).with_for_update()
+        ).mappings().first()
+        outcome = _rotate(conn, current, origin)
+    if isinstance(outcome, ApiError):
+        raise outcome  # raised after commit, so a reuse revocation is kept
+    return outcome
+
+
+def _rotate(conn, current, origin):
+    if current is None:
+        return ApiError("INVALID_TOKEN")
+    if current["revoked"] and current["replaced_by"] is not None:
+        revoked = _revoke_family(conn, current["family_id"])
+        audit.record(conn, org_id=current["org_id"], user_id=current["user_id"],
+                     action="token_reuse", resource="session", resource_id=current["id"],
+                     after={"sessions_revoked": revoked}, origin=origin)
+        return ApiError("INVALID_TOKEN")
+    if current["revoked"]:
+        return ApiError("INVALID_TOKEN")
+    expired = conn.execute(select(current["expires_at"] <= func.now())).scalar_one()
+    member = conn.execute(
+        select(*STAFF_PUBLIC).where(staff.c.id == current["user_id"], staff.c.deleted_at.is_(None))
+    ).mappings().first()
+    if expired or member is None:
+        _revoke_family(conn, current["family_id"])
+        return ApiError("INVALID_TOKEN")
+    token, successor_id = _start_session(conn, member, current["family_id"], origin)
+    conn.execute(
+        session.update().where(session.c.id == current["id"])
+        .values(revoked=True, revoked_at=func.now(), replaced_by=successor_id)
+    )
+    return _tokens(conn, member, token)
+
+
+def _revoke_family(conn, family_id: str) -> int:
+    result = conn.execute(
+        session.update()
+        .where(session.c.family_id == family_id, session.c.revoked.is_(False))
+        .values(revoked=True, revoked_at=func.now())
+    )
+    return result.rowcount
+
+
+def logout(refresh_token: str, origin: dict) -> None:
+    """Revoke the session family of this refresh token. An unknown token is not an error."""
+    token_hash = auth.hash_refresh_token(refresh_token)
+    with current_engine().begin() as conn:
+        current = conn.execute(
+            select(session).where(session.c.refresh_token_hash == token_hash)
+        ).mappings().first()
+        if current is None:
+            return
+        _revoke_family(conn, current["family_id"])
+        audit.record(conn, org_id=current["org_id"], user_id=current["user_id"], action="logout",
+                     resource="session", resource_id=current["id"], origin=origin)
+
+
+def revoke_sessions_of(conn, org_id: str, staff_id: str) -> None:
+    """End every session of a staff member (used when the member is deleted)."""
+    conn.execute(
+        session.update()
+        .where(session.c.org_id == org_id, session.c.user_id == staff_id, session.c.revoked.is_(False))
+        .values(revoked=True, revoked_at=func.now())
+    )
+
+
+def me(org_id: str, staff_id: str) -> dict:
+    """The caller's staff record with the roles and scopes granted now."""
+    with current_engine().connect() as conn:
+        member = conn.execute(
+            select(*STAFF_PUBLIC).where(
+                staff.c.id == staff_id, staff.c.org_id == org_id, staff.c.deleted_at.is_(None)
+            )
+        ).mappings().first()
+        if member is None:
+            raise ApiError("UNAUTHORIZED", "The account no longer exists")
+        roles, scopes = grants(conn, org_id, staff_id)
+    return {**_public(member), "roles": roles, "scopes": scopes}
+
+
+def grant_role(conn, org_id: str, staff_id: str, role_name: str) -> None:
+    role_id = conn.execute(select(role.c.id).where(role.c.name == role_name)).scalar_one_or_none()
+    if role_id is None:
+        raise ApiError("VALIDATION_ERROR", f"unknown role {role_name!r}", field="role")
+    conn.execute(
+        sa.dialects.postgresql.insert(user_role)
+        .values(user_id=staff_id, role_id=role_id, org_id=org_id)
+        .on_conflict_do_nothing()
+    )
+
+
+def create_organization(*, name: str, branch_name: str, admin_email: str, admin_password: str,
+                        admin_name: str = "Administrator") -> dict:
+    """A new tenant with its first branch and an admin who can log in."""
+    if not auth.password_fits(admin_password) or len(admin_password) < 8:
+        raise ApiError("VALIDATION_ERROR", "the admin password must be 8 to 72 bytes", field="password")
+    with current_engine().begin() as conn:
+        org_id = conn.execute(organization.insert().values(name=name).returning(organization.c.id)).scalar_one()
+        branch_id = conn.execute(
+            branch.insert().values(org_id=org_id, name=branch_name).returning(branch.c.id)
+        ).scalar_one()
+        admin_id = conn.execute(
+            staff.insert().values(
+                org_id=org_id, branch_id=branch_id, name=admin_name, email=admin_email,
+                role="admin", password_hash=auth.hash_password(admin_password),
+            ).returning(staff.c.id)
+        ).scalar_one()
+        grant_role(conn, org_id, admin_id, "admin")
+        audit.record(conn, org_id=org_id, user_id=None, action="create", resource="organization",
+                     resource_id=org_id, after={"name": name, "branch_id": branch_id, "admin_id": admin_id})
+    return {"org_id": org_id, "branch_id": branch_id, "admin_id": admin_id}
+
+
+def _public(member) -> dict:
+    return {key: value for key, value in dict(member).items() if key not in STAFF_SECRETS}

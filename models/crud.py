@@ -1,0 +1,289 @@
+"""The one CRUD engine. Every resource is a ``Resource`` descriptor served by these functions.
+
+Tenant isolation lives here, not in handlers: every statement is built from ``scoped()``, which
+binds the caller's organization and hides soft-deleted rows. A row of another organization is
+indistinguishable from a row that does not exist.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy import Numeric, Table, func, select
+
+from middleware.errors import ApiError
+from middleware.tenancy import Caller, check_org
+from models import audit
+from models.database import current_engine
+
+Hook = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Embed:
+    """A relation a client may expand with ``?embed=``.
+
+    To-one relations (``column`` set) are LEFT JOINed into the page query; to-many relations
+    (``back_column`` set) cost one extra query per page. Either way the number of statements per
+    request depends on the embeds asked for, never on the number of rows.
+    """
+
+    target: Table
+    column: str | None = None
+    back_column: str | None = None
+    hidden: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What the engine needs to know about one resource."""
+
+    name: str
+    plural: str
+    table: Table
+    # Body fields naming another row, and the table that row must live in (same org, not deleted).
+    references: Mapping[str, Table] = field(default_factory=dict)
+    # Query parameter (pythonic name) -> clause builder.
+    filters: Mapping[str, Callable[[Table, Any], Any]] = field(default_factory=dict)
+    embeds: Mapping[str, Embed] = field(default_factory=dict)
+    # Columns that never leave the server (e.g. password hashes).
+    hidden: frozenset[str] = frozenset()
+    # Body fields that are not columns but that a hook turns into one (staff password -> hash).
+    write_only: frozenset[str] = frozenset()
+    # Hooks for resources with rules of their own: (conn, caller, values[, before]) -> values.
+    prepare_create: Hook | None = None
+    prepare_update: Hook | None = None
+    after_delete: Hook | None = None
+
+    @property
+    def public_columns(self) -> list:
+        return [c for c in self.table.c if c.name not in self.hidden]
+
+    @property
+    def writable(self) -> frozenset[str]:
+        internal = {"id", "org_id", "created_at", "updated_at", "deleted_at"}
+        columns = {c.name for c in self.table.c if c.name not in internal | self.hidden}
+        return frozenset(columns | self.write_only)
+
+
+# --- the scoped query helper -------------------------------------------------------------------
+
+def scoped(table: Table, org_id: str, *, alias=None) -> list:
+    """The conditions every statement on a tenant table carries: this org, live rows only."""
+    t = alias if alias is not None else table
+    return [t.c.org_id == org_id, t.c.deleted_at.is_(None)]
+
+
+def equals(column: str) -> Callable[[Table, Any], Any]:
+    """A filter that matches one column exactly."""
+    return lambda table, value: table.c[column] == value
+
+
+# --- values coming in ---------------------------------------------------------------------------
+
+def _normalise(resource: Resource, values: dict) -> dict:
+    """Exact decimals for money: a JSON number becomes a Decimal with at most the column's scale."""
+    for name, value in values.items():
+        column = resource.table.c[name]
+        if value is None or not isinstance(column.type, Numeric):
+            continue
+        try:
+            # repr() is the shortest string that round-trips, so 0.1 stays 0.1, not 0.1000000000000000055.
+            amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        except (InvalidOperation, ValueError) as exc:
+            raise ApiError("VALIDATION_ERROR", f"{name} must be a number", field=name) from exc
+        scale = column.type.scale or 0
+        if not amount.is_finite() or amount.as_tuple().exponent < -scale:
+            raise ApiError("VALIDATION_ERROR", f"{name} takes at most {scale} decimals", field=name)
+        digits = (column.type.precision or 38) - scale
+        if abs(amount) >= Decimal(10) ** digits:
+            raise ApiError("VALIDATION_ERROR", f"{name} is too large", field=name)
+        values[name] = amount
+    return values
+
+
+def _check_references(conn, resource: Resource, caller: Caller, values: Mapping[str, Any]) -> None:
+    """Each referenced row must be a live row of the caller's organization (one query for all)."""
+    wanted = {name: target for name, target in resource.references.items()
+              if values.get(name) is not None}
+    if not wanted:
+        return
+    probes = [
+        sa.exists().where(target.c.id == values[name], *scoped(target, caller.org_id)).label(name)
+        for name, target in wanted.items()
+    ]
+    found = conn.execute(select(*probes)).mappings().one()
+    for name in wanted:
+        if not found[name]:
+            raise ApiError("INVALID_REFERENCE",
+                           f"{name} does not name a record of this organization", field=name)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def _select_with_embeds(resource: Resource, caller: Caller, embed: list[str]):
+    """SELECT of the resource's public columns plus LEFT JOINed to-one embeds."""
+    table = resource.table
+    columns = list(resource.public_columns)
+    source = table
+    joined = []
+    for name in embed:
+        relation = resource.embeds[name]
+        if relation.column is None:
+            continue
+        target = relation.target.alias(f"embed_{name}")
+        source = source.outerjoin(
+            target,
+            sa.and_(target.c.id == table.c[relation.column], *scoped(relation.target, caller.org_id, alias=target)),
+        )
+        columns += [c.label(f"{name}__{c.name}") for c in target.c if c.name not in relation.hidden]
+        joined.append(name)
+    return select(*columns).select_from(source), joined
+
+
+def _split_embeds(row: Mapping[str, Any], joined: list[str]) -> dict:
+    item = {}
+    nested: dict[str, dict] = {name: {} for name in joined}
+    for key, value in row.items():
+        embed_name, sep, column = key.partition("__")
+        if sep and embed_name in nested:
+            nested[embed_name][column] = value
+        else:
+            item[key] = value
+    for name, values in nested.items():
+        item[name] = values if values.get("id") is not None else None
+    return item
+
+
+def _attach_many(conn, resource: Resource, caller: Caller, items: list[dict], embed: list[str]) -> None:
+    """To-many embeds: one query per relation for the whole page."""
+    ids = [item["id"] for item in items]
+    for name in embed:
+        relation = resource.embeds[name]
+        if relation.back_column is None:
+            continue
+        target = relation.target
+        back = target.c[relation.back_column]
+        rows = conn.execute(
+            select(*[c for c in target.c if c.name not in relation.hidden])
+            .where(back.in_(ids), *scoped(target, caller.org_id))
+            .order_by(target.c.created_at.desc(), target.c.id.desc())
+        ).mappings()
+        grouped: dict[str, list] = {i: [] for i in ids}
+        for row in rows:
+            grouped[row[relation.back_column]].append(dict(row))
+        for item in items:
+            item[name] = grouped[item["id"]]
+
+
+def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: int = 20,
+              embed: list[str] | None = None, filters: Mapping[str, Any] | None = None,
+              extra: list | None = None) -> dict:
+    """One page of live rows, newest first, with the total that matches the filters."""
+    embed = embed or []
+    table = resource.table
+    conditions = scoped(table, caller.org_id) + list(extra or [])
+    for name, value in (filters or {}).items():
+        if value is not None:
+            conditions.append(resource.filters[name](table, value))
+    query, joined = _select_with_embeds(resource, caller, embed)
+    with current_engine().connect() as conn:
+        total = conn.execute(select(func.count()).select_from(table).where(*conditions)).scalar_one()
+        rows = conn.execute(
+            query.where(*conditions)
+            .order_by(table.c.created_at.desc(), table.c.id.desc())
+            .limit(page_size)
+            .offset((page - 1) * page_size)
+        ).mappings().all()
+        items = [_split_embeds(row, joined) for row in rows]
+        if items:
+            _attach_many(conn, resource, caller, items, embed)
+    return {resource.plural: items, "total": total}
+
+
+def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str] | None = None) -> dict:
+    """One live row of the caller's organization, or 404."""
+    embed = embed or []
+    query, joined = _select_with_embeds(resource, caller, embed)
+    table = resource.table
+    with current_engine().connect() as conn:
+        row = conn.execute(query.where(table.c.id == row_id, *scoped(table, caller.org_id))).mappings().first()
+        if row is None:
+            raise ApiError("NOT_FOUND", f"{resource.name} not found")
+        item = _split_embeds(row, joined)
+        _attach_many(conn, resource, caller, [item], embed)
+    return item
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any]) -> dict:
+    """Insert a row for the caller's organization and its audit record, in one transaction."""
+    body = dict(body)
+    check_org(body.pop("org_id", None), caller)
+    values = _normalise(resource, {k: v for k, v in body.items() if k in resource.writable})
+    table = resource.table
+    with current_engine().begin() as conn:
+        _check_references(conn, resource, caller, values)
+        if resource.prepare_create:
+            values = resource.prepare_create(conn, caller, values)
+        row = conn.execute(
+            table.insert().values(org_id=caller.org_id, **values).returning(*resource.public_columns)
+        ).mappings().one()
+        created = dict(row)
+        audit.record_for(conn, caller, "create", resource.name, created["id"], after=created)
+    return created
+
+
+def update_row(resource: Resource, caller: Caller, row_id: str, body: Mapping[str, Any]) -> dict:
+    """Change the fields sent (and only those), under a row lock, with its audit record."""
+    body = dict(body)
+    check_org(body.pop("org_id", None), caller)
+    values = _normalise(resource, {k: v for k, v in body.items() if k in resource.writable})
+    table = resource.table
+    with current_engine().begin() as conn:
+        before = _lock(conn, resource, caller, row_id)
+        _check_references(conn, resource, caller, values)
+        if resource.prepare_update:
+            values = resource.prepare_update(conn, caller, values, before)
+        if not values:
+            return before
+        row = conn.execute(
+            table.update()
+            .where(table.c.id == row_id, *scoped(table, caller.org_id))
+            .values(updated_at=func.now(), **values)
+            .returning(*resource.public_columns)
+        ).mappings().one()
+        after = dict(row)
+        audit.record_for(conn, caller, "update", resource.name, row_id, before=before, after=after)
+    return after
+
+
+def delete_row(resource: Resource, caller: Caller, row_id: str) -> None:
+    """Soft delete: the row disappears from every read but stays for the audit trail."""
+    table = resource.table
+    with current_engine().begin() as conn:
+        before = _lock(conn, resource, caller, row_id)
+        row = conn.execute(
+            table.update()
+            .where(table.c.id == row_id, *scoped(table, caller.org_id))
+            .values(deleted_at=func.now(), updated_at=func.now())
+            .returning(*resource.public_columns)
+        ).mappings().one()
+        audit.record_for(conn, caller, "delete", resource.name, row_id, before=before, after=dict(row))
+        if resource.after_delete:
+            resource.after_delete(conn, caller, before)
+
+
+def _lock(conn, resource: Resource, caller: Caller, row_id: str) -> dict:
+    table = resource.table
+    row = conn.execute(
+        select(*resource.public_columns)
+        .where(table.c.id == row_id, *scoped(table, caller.org_id))
+        .with_for_update()
+    ).mappings().first()
+    if row is None:
+        raise ApiError("NOT_FOUND", f"{resource.name} not found")
+    return dict(row)

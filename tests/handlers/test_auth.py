@@ -1,0 +1,158 @@
+"""Login, refresh rotation, reuse detection, logout and token checks."""
+import time
+
+import jwt
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import PASSWORD, error_of
+
+
+def login(client, email, password=PASSWORD):
+    return client.post("/auth/login", json={"email": email, "password": password})
+
+
+def test_login_returns_tokens_and_the_user_without_secrets(client, org_a):
+    response = login(client, org_a.admin_email.upper())  # emails are case-insensitive
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert data["token_type"] == "Bearer" and data["expires_in"] == 900
+    assert data["user"]["id"] == org_a.admin_id
+    assert "password_hash" not in data["user"] and "password" not in data["user"]
+
+
+def test_access_token_claims(client, org_a, settings):
+    claims = jwt.decode(org_a.access_token, settings.jwt_secret, algorithms=["HS256"],
+                        audience=settings.jwt_audience)
+    assert claims["sub"] == org_a.admin_id and claims["org_id"] == org_a.org_id
+    assert claims["roles"] == ["admin"]
+    assert "patients:write" in claims["scope"].split()
+    assert claims["exp"] - claims["iat"] == 900
+    assert {"jti", "iss", "aud"} <= set(claims)
+
+
+def test_unknown_email_and_wrong_password_answer_identically(client, org_a):
+    wrong_password = login(client, org_a.admin_email, "not the password")
+    unknown_email = login(client, "nobody@example.com", "not the password")
+    assert wrong_password.status_code == unknown_email.status_code == 401
+    assert error_of(wrong_password) == error_of(unknown_email)
+    assert error_of(wrong_password)["code"] == "INVALID_CREDENTIALS"
+
+
+def test_password_longer_than_72_bytes_is_a_400(client, org_a):
+    response = login(client, org_a.admin_email, "é" * 40)  # 40 characters, 80 bytes
+    assert response.status_code == 400 and error_of(response)["field"] == "password"
+
+
+def test_me_returns_the_caller_with_roles_and_scopes(client, org_a):
+    response = client.get("/auth/me", headers=org_a.headers)
+    assert response.status_code == 200
+    me = response.json()["data"]
+    assert me["id"] == org_a.admin_id and me["roles"] == ["admin"]
+    assert "roles:write" in me["scopes"]
+
+
+def test_refresh_rotates_and_the_old_token_stops_working(client, org_a):
+    first = client.post("/auth/refresh", json={"refresh_token": org_a.refresh_token})
+    assert first.status_code == 200
+    new_pair = first.json()["data"]
+    assert new_pair["refresh_token"] != org_a.refresh_token
+    assert client.get("/auth/me", headers={"Authorization": f"Bearer {new_pair['access_token']}"}).status_code == 200
+    second = client.post("/auth/refresh", json={"refresh_token": new_pair["refresh_token"]})
+    assert second.status_code == 200
+
+
+def test_reusing_a_rotated_token_revokes_the_whole_family(client, org_a, engine):
+    rotated = client.post("/auth/refresh", json={"refresh_token": org_a.refresh_token}).json()["data"]
+    reuse = client.post("/auth/refresh", json={"refresh_token": org_a.refresh_token})
+    assert reuse.status_code == 401 and error_of(reuse)["code"] == "INVALID_TOKEN"
+    # The thief's replay also killed the legitimate successor.
+    successor = client.post("/auth/refresh", json={"refresh_token": rotated["refresh_token"]})
+    assert successor.status_code == 401
+    with engine.connect() as conn:
+        reuse_rows = conn.execute(
+            sa.text("SELECT count(*) FROM audit_log WHERE org_id = :o AND action = 'token_reuse'"),
+            {"o": org_a.org_id},
+        ).scalar_one()
+    # Only the replay of a rotated token is theft; the successor was merely revoked with its family.
+    assert reuse_rows == 1
+
+
+def test_logout_revokes_and_is_audited(client, org_a, engine):
+    assert client.post("/auth/logout", json={"refresh_token": org_a.refresh_token}).status_code == 204
+    after = client.post("/auth/refresh", json={"refresh_token": org_a.refresh_token})
+    assert after.status_code == 401
+    assert client.post("/auth/logout", json={"refresh_token": "unknown"}).status_code == 204
+    with engine.connect() as conn:
+        actions = conn.execute(
+            sa.text("SELECT action FROM audit_log WHERE org_id = :o AND resource = 'session' ORDER BY created_at"),
+            {"o": org_a.org_id},
+        ).scalars().all()
+    assert actions == ["login", "logout"]
+
+
+def test_failed_login_for_a_known_account_is_audited(client, org_a, engine):
+    login(client, org_a.admin_email, "wrong password")
+    with engine.connect() as conn:
+        count = conn.execute(
+            sa.text("SELECT count(*) FROM audit_log WHERE org_id = :o AND action = 'login_failed'"),
+            {"o": org_a.org_id},
+        ).scalar_one()
+    assert count == 1
+
+
+def test_deleted_staff_can_neither_log_in_nor_refresh(client, org_a, engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE staff SET deleted_at = now() WHERE id = :id"), {"id": org_a.admin_id})
+    assert login(client, org_a.admin_email).status_code == 401
+    assert client.post("/auth/refresh", json={"refresh_token": org_a.refresh_token}).status_code == 401
+
+
+def test_expired_refresh_token_is_refused(client, org_a, engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE session SET expires_at = now() - interval '1 second' WHERE user_id = :id"),
+                     {"id": org_a.admin_id})
+    response = client.post("/auth/refresh", json={"refresh_token": org_a.refresh_token})
+    assert response.status_code == 401 and error_of(response)["code"] == "INVALID_TOKEN"
+
+
+def _forge(settings, org, **changes):
+    now = int(time.time())
+    claims = {"sub": org.admin_id, "org_id": org.org_id, "roles": ["admin"], "scope": "patients:read",
+              "jti": "x", "iat": now, "exp": now + 60, "iss": settings.jwt_issuer, "aud": settings.jwt_audience}
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.mark.parametrize("case", ["expired", "wrong_key", "alg_none", "tampered", "no_exp",
+                                  "wrong_audience", "wrong_issuer", "garbage", "basic_scheme"])
+def test_bad_access_tokens_are_401_with_www_authenticate(client, org_a, settings, case):
+    secret = settings.jwt_secret
+    if case == "expired":
+        token = jwt.encode(_forge(settings, org_a, exp=int(time.time()) - 10), secret, algorithm="HS256")
+    elif case == "wrong_key":
+        token = jwt.encode(_forge(settings, org_a), "another-secret-another-secret-another", algorithm="HS256")
+    elif case == "alg_none":
+        token = jwt.encode(_forge(settings, org_a), None, algorithm="none")
+    elif case == "tampered":
+        good = jwt.encode(_forge(settings, org_a), secret, algorithm="HS256")
+        forged = jwt.encode(_forge(settings, org_a, scope="patients:read patients:write"), "x" * 40, algorithm="HS256")
+        token = ".".join(forged.split(".")[:2] + [good.split(".")[2]])
+    elif case == "no_exp":
+        token = jwt.encode(_forge(settings, org_a, exp=None), secret, algorithm="HS256")
+    elif case == "wrong_audience":
+        token = jwt.encode(_forge(settings, org_a, aud="someone-else"), secret, algorithm="HS256")
+    elif case == "wrong_issuer":
+        token = jwt.encode(_forge(settings, org_a, iss="someone-else"), secret, algorithm="HS256")
+    else:
+        token = "not.a.token"
+    scheme = "Basic" if case == "basic_scheme" else "Bearer"
+    response = client.get("/patients", headers={"Authorization": f"{scheme} {token}"})
+    assert response.status_code == 401, case
+    assert error_of(response)["code"] == "UNAUTHORIZED"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_missing_token_is_401(client):
+    response = client.get("/patients")
+    assert response.status_code == 401 and error_of(response)["code"] == "UNAUTHORIZED"

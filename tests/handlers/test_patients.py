@@ -1,0 +1,186 @@
+"""Patients end to end: CRUD, filters, search, pagination, embed, isolation between organizations."""
+import uuid
+
+import pytest
+
+from tests.conftest import error_of
+
+
+def create_patient(client, org, **fields):
+    body = {"branch_id": org.branch_id, "name": "Ada Lovelace", **fields}
+    response = client.post("/patients", json=body, headers=org.headers)
+    assert response.status_code == 201, response.text
+    return response.json()["data"]
+
+
+def test_create_returns_the_stored_patient(client, org_a):
+    patient = create_patient(client, org_a, email="ada@example.com", phone="+44 20 1234",
+                             date_of_birth="1815-12-10", gender="female")
+    assert patient["org_id"] == org_a.org_id
+    assert patient["status"] == "active"
+    assert patient["date_of_birth"] == "1815-12-10"
+    assert patient["created_at"].endswith("+00:00")
+    fetched = client.get(f"/patients/{patient['id']}", headers=org_a.headers).json()["data"]
+    assert fetched == patient
+
+
+def test_patch_changes_only_the_fields_sent_and_moves_updated_at(client, org_a):
+    patient = create_patient(client, org_a, email="a@example.com")
+    response = client.patch(f"/patients/{patient['id']}", json={"phone": "555"}, headers=org_a.headers)
+    assert response.status_code == 200
+    updated = response.json()["data"]
+    assert updated["phone"] == "555"
+    assert updated["email"] == "a@example.com"
+    assert updated["updated_at"] > patient["updated_at"]
+
+
+def test_delete_is_soft_and_answers_204_once(client, org_a, engine):
+    import sqlalchemy as sa
+
+    patient = create_patient(client, org_a)
+    assert client.delete(f"/patients/{patient['id']}", headers=org_a.headers).status_code == 204
+    again = client.delete(f"/patients/{patient['id']}", headers=org_a.headers)
+    assert again.status_code == 404 and error_of(again)["code"] == "NOT_FOUND"
+    assert client.get(f"/patients/{patient['id']}", headers=org_a.headers).status_code == 404
+    listed = client.get("/patients", headers=org_a.headers).json()["data"]
+    assert patient["id"] not in [p["id"] for p in listed["patients"]]
+    with engine.connect() as conn:
+        deleted_at = conn.execute(sa.text("SELECT deleted_at FROM patient WHERE id = :id"),
+                                  {"id": patient["id"]}).scalar_one()
+    assert deleted_at is not None
+
+
+def test_list_pages_are_newest_first_with_total(client, org_a):
+    ids = [create_patient(client, org_a, name=f"P{i}")["id"] for i in range(5)]
+    page1 = client.get("/patients?page=1&pageSize=2", headers=org_a.headers).json()["data"]
+    page3 = client.get("/patients?page=3&pageSize=2", headers=org_a.headers).json()["data"]
+    assert page1["total"] == 5 and page3["total"] == 5
+    assert [p["id"] for p in page1["patients"]] == ids[::-1][:2]
+    assert [p["id"] for p in page3["patients"]] == ids[::-1][4:]
+    beyond = client.get("/patients?page=9&pageSize=2", headers=org_a.headers).json()["data"]
+    assert beyond == {"patients": [], "total": 5}
+
+
+def test_search_matches_name_email_or_phone_case_insensitively(client, org_a):
+    grace = create_patient(client, org_a, name="Grace Hopper", email="grace@navy.mil", phone="111")
+    create_patient(client, org_a, name="Alan Turing", email="alan@bletchley.uk", phone="222")
+    for term in ("hopper", "NAVY", "111", "ace h"):
+        found = client.get("/patients", params={"search": term}, headers=org_a.headers).json()["data"]
+        assert [p["id"] for p in found["patients"]] == [grace["id"]], term
+        assert found["total"] == 1
+    wildcard = client.get("/patients", params={"search": "%"}, headers=org_a.headers).json()["data"]
+    assert wildcard["total"] == 0
+
+
+def test_status_and_branch_filters(client, org_a):
+    active = create_patient(client, org_a)
+    inactive = create_patient(client, org_a, status="inactive")
+    found = client.get("/patients?status=inactive", headers=org_a.headers).json()["data"]
+    assert [p["id"] for p in found["patients"]] == [inactive["id"]]
+    by_branch = client.get(f"/patients?branchId={org_a.branch_id}", headers=org_a.headers).json()["data"]
+    assert {p["id"] for p in by_branch["patients"]} == {active["id"], inactive["id"]}
+    bad = client.get("/patients?status=sleeping", headers=org_a.headers)
+    assert bad.status_code == 400 and error_of(bad)["field"] == "status"
+
+
+def test_embed_branch(client, org_a):
+    patient = create_patient(client, org_a)
+    got = client.get(f"/patients/{patient['id']}?embed=branch", headers=org_a.headers).json()["data"]
+    assert got["branch"]["id"] == org_a.branch_id and got["branch"]["name"] == "Main"
+    listed = client.get("/patients?embed=branch", headers=org_a.headers).json()["data"]["patients"]
+    assert listed[0]["branch"]["id"] == org_a.branch_id
+    plain = client.get(f"/patients/{patient['id']}", headers=org_a.headers).json()["data"]
+    assert "branch" not in plain
+    unknown = client.get("/patients?embed=staff", headers=org_a.headers)
+    assert unknown.status_code == 400 and error_of(unknown)["field"] == "embed"
+
+
+def test_embedded_branch_that_was_deleted_is_null(client, org_a, engine):
+    import sqlalchemy as sa
+
+    patient = create_patient(client, org_a)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE branch SET deleted_at = now() WHERE id = :id"), {"id": org_a.branch_id})
+    got = client.get(f"/patients/{patient['id']}?embed=branch", headers=org_a.headers).json()["data"]
+    assert got["branch"] is None
+
+
+@pytest.mark.parametrize("method", ["get", "patch", "delete"])
+def test_other_organizations_patient_is_a_404_like_a_random_id(client, org_a, org_b, method):
+    theirs = create_patient(client, org_b)
+    kwargs = {"json": {"name": "Mallory"}} if method == "patch" else {}
+    cross = getattr(client, method)(f"/patients/{theirs['id']}", headers=org_a.headers, **kwargs)
+    random = getattr(client, method)(f"/patients/{uuid.uuid4()}", headers=org_a.headers, **kwargs)
+    assert cross.status_code == random.status_code == 404
+    assert error_of(cross) == error_of(random)
+    unchanged = client.get(f"/patients/{theirs['id']}", headers=org_b.headers).json()["data"]
+    assert unchanged == theirs
+
+
+def test_lists_and_totals_never_include_another_organization(client, org_a, org_b):
+    create_patient(client, org_a, name="Mine")
+    create_patient(client, org_b, name="Theirs")
+    mine = client.get("/patients?search=Theirs", headers=org_a.headers).json()["data"]
+    assert mine == {"patients": [], "total": 0}
+    everything = client.get("/patients", headers=org_a.headers).json()["data"]
+    assert everything["total"] == 1 and everything["patients"][0]["name"] == "Mine"
+
+
+def test_org_id_in_body_or_query_must_be_the_callers(client, org_a, org_b):
+    body = {"org_id": org_b.org_id, "branch_id": org_a.branch_id, "name": "X"}
+    refused = client.post("/patients", json=body, headers=org_a.headers)
+    assert refused.status_code == 403 and error_of(refused)["code"] == "ORG_MISMATCH"
+    same = client.post("/patients", json={**body, "org_id": org_a.org_id}, headers=org_a.headers)
+    assert same.status_code == 201
+    query = client.get(f"/patients?orgId={org_b.org_id}", headers=org_a.headers)
+    assert query.status_code == 403 and error_of(query)["code"] == "ORG_MISMATCH"
+    assert client.get(f"/patients?orgId={org_a.org_id}", headers=org_a.headers).status_code == 200
+
+
+def test_branch_of_another_organization_is_an_invalid_reference(client, org_a, org_b):
+    body = {"branch_id": org_b.branch_id, "name": "X"}
+    response = client.post("/patients", json=body, headers=org_a.headers)
+    assert response.status_code == 422
+    assert error_of(response) | {"message": ""} == {"code": "INVALID_REFERENCE", "field": "branch_id", "message": ""}
+    patient = create_patient(client, org_a)
+    moved = client.patch(f"/patients/{patient['id']}", json={"branch_id": org_b.branch_id}, headers=org_a.headers)
+    assert moved.status_code == 422 and error_of(moved)["field"] == "branch_id"
+
+
+def test_body_validation_names_the_field(client, org_a):
+    cases = [
+        ({"name": "X"}, "branch_id"),
+        ({"branch_id": org_a.branch_id, "name": ""}, "name"),
+        ({"branch_id": org_a.branch_id, "name": "X" * 101}, "name"),
+        ({"branch_id": org_a.branch_id, "name": "X", "email": "not-an-email"}, "email"),
+        ({"branch_id": org_a.branch_id, "name": "X", "date_of_birth": "yesterday"}, "date_of_birth"),
+        ({"branch_id": org_a.branch_id, "name": "X", "id": str(uuid.uuid4())}, "id"),
+        ({"branch_id": org_a.branch_id, "name": "X", "created_at": "2020-01-01T00:00:00Z"}, "created_at"),
+        ({"branch_id": "nope", "name": "X"}, "branch_id"),
+    ]
+    for body, field in cases:
+        response = client.post("/patients", json=body, headers=org_a.headers)
+        assert response.status_code == 400, (body, response.text)
+        assert error_of(response)["code"] == "VALIDATION_ERROR"
+        assert error_of(response)["field"] == field, body
+
+
+def test_deleted_branch_cannot_be_referenced(client, org_a, engine):
+    import sqlalchemy as sa
+
+    with engine.begin() as conn:
+        other = conn.execute(sa.text("INSERT INTO branch (org_id, name, deleted_at) VALUES (:o, 'Old', now()) RETURNING id"),
+                             {"o": org_a.org_id}).scalar_one()
+    response = client.post("/patients", json={"branch_id": str(other), "name": "X"}, headers=org_a.headers)
+    assert response.status_code == 422 and error_of(response)["field"] == "branch_id"
+
+
+def test_writes_need_the_write_scope(client, org_a, engine):
+    from middleware import auth
+
+    token = auth.issue_access_token(staff_id=org_a.admin_id, org_id=org_a.org_id, roles=["reader"],
+                                    scopes=["patients:read"])
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/patients", headers=headers).status_code == 200
+    response = client.post("/patients", json={"branch_id": org_a.branch_id, "name": "X"}, headers=headers)
+    assert response.status_code == 403 and error_of(response)["code"] == "INSUFFICIENT_SCOPE"
