@@ -1,8 +1,6 @@
 """Operation handlers. Each module binds one resource's operationIds; the engine does the work."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from middleware.tenancy import check_org, current_caller
 from models import crud
 from models.crud import Resource
@@ -20,14 +18,16 @@ def no_content():
     return None, 204
 
 
-def crud_operations(resource: Resource) -> SimpleNamespace:
-    """The five standard operations of a resource, ready to be bound to its operationIds."""
+def crud_operations(resource: Resource) -> tuple:
+    """The five standard operations of a resource, in the order list, get, create, update, delete,
+    ready to be bound to its operationIds."""
 
     def list_(page: int = 1, page_size: int = 20, embed=None, **params):
         """List live rows of the caller's organization, newest first."""
         caller = current_caller()
         check_org(params.get("org_id"), caller)
-        filters = {k: v for k, v in params.items() if k not in _CONTEXT_KEYS}
+        # pythonic_params turns a parameter named like a builtin into `type_`; filters use the plain name.
+        filters = {k.rstrip("_"): v for k, v in params.items() if k not in _CONTEXT_KEYS}
         return ok(crud.list_rows(resource, caller, page=page, page_size=page_size,
                                  embed=embed, filters=filters))
 
@@ -48,4 +48,4 @@ def crud_operations(resource: Resource) -> SimpleNamespace:
         crud.delete_row(resource, current_caller(), id_)
         return no_content()
 
-    return SimpleNamespace(list=list_, get=get, create=create, update=update, delete=delete)
+    return list_, get, create, update, delete

@@ -2,9 +2,4 @@
 from handlers import crud_operations
 from models.resources import PATIENTS
 
-_ops = crud_operations(PATIENTS)
-list_patients = _ops.list
-get_patient = _ops.get
-create_patient = _ops.create
-update_patient = _ops.update
-delete_patient = _ops.delete
+list_patients, get_patient, create_patient, update_patient, delete_patient = crud_operations(PATIENTS)

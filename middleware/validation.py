@@ -7,6 +7,7 @@ issue 1860) and build each validator once per operation.
 from __future__ import annotations
 
 import datetime
+from decimal import Decimal, InvalidOperation
 import json
 import re
 import uuid
@@ -30,15 +31,15 @@ def _is_uuid(value) -> bool:
     return True
 
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 @Draft4Validator.FORMAT_CHECKER.checks("date", raises=ValueError)
 def _is_date(value) -> bool:
     # PostgreSQL would accept words such as 'yesterday'; the contract promises ISO-8601 only.
     if isinstance(value, str):
-        if not _DATE.match(value):
+        if not _DATE.fullmatch(value):
             raise ValueError("expected YYYY-MM-DD")
         datetime.date.fromisoformat(value)
     return True
@@ -48,19 +49,51 @@ def _is_date(value) -> bool:
 def _is_date_time(value) -> bool:
     # RFC 3339: the offset is mandatory, so no timestamp is ever ambiguous.
     if isinstance(value, str):
-        if not _DATE_TIME.match(value):
+        if not _DATE_TIME.fullmatch(value):
             raise ValueError("expected an RFC 3339 date-time with an offset")
-        datetime.datetime.fromisoformat(value.replace("z", "Z"))
+        parse_instant(value)
     return True
 
 
+def parse_instant(value: str) -> datetime.datetime:
+    """An RFC 3339 date-time as an aware datetime, in UTC where it fits.
+
+    PostgreSQL refuses offsets beyond +-15:59 that RFC 3339 allows, so instants are sent to it in
+    UTC; fractions beyond microseconds are cut (PostgreSQL keeps microseconds).
+    """
+    text = value.replace("t", "T").replace("z", "Z")
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = re.match(r"\d+", rest).group(0)
+        text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
+    instant = datetime.datetime.fromisoformat(text)
+    try:
+        return instant.astimezone(datetime.timezone.utc)
+    except OverflowError:  # year 1 with a positive offset: keep the offset PostgreSQL can read
+        return instant
+
+
+def _exact_multiple_of(validator, step, instance, schema):
+    """multipleOf in decimal arithmetic: jsonschema divides floats, so 0.29 is 'not a multiple' of
+    0.01 there. Money is declared ``multipleOf: 0.01`` and must be checked exactly."""
+    if not validator.is_type(instance, "number") or isinstance(instance, bool):
+        return
+    try:
+        value = Decimal(repr(instance)) if isinstance(instance, float) else Decimal(instance)
+        fits = value % Decimal(repr(step)) == 0
+    except (InvalidOperation, ValueError):
+        fits = False
+    if not fits:
+        yield ValidationError(f"{instance!r} is not a multiple of {step}")
+
+
 # OpenAPI 3.0 writes a nullable reference as {nullable: true, allOf: [$ref]}; let null through it.
-_ResponseValidator = extend(
-    Draft4ResponseValidator, {"allOf": allow_nullable(Draft4Validator.VALIDATORS["allOf"])}
-)
-_RequestValidator = extend(
-    Draft4RequestValidator, {"allOf": allow_nullable(Draft4Validator.VALIDATORS["allOf"])}
-)
+_OVERRIDES = {
+    "allOf": allow_nullable(Draft4Validator.VALIDATORS["allOf"]),
+    "multipleOf": _exact_multiple_of,
+}
+_ResponseValidator = extend(Draft4ResponseValidator, _OVERRIDES)
+_RequestValidator = extend(Draft4RequestValidator, _OVERRIDES)
 
 
 def field_of(error: ValidationError) -> str | None:
@@ -110,13 +143,19 @@ class BodyValidator(JSONRequestBodyValidator):
         if not raw:
             return None
         try:
-            return json.loads(raw.decode(self._encoding))
+            text = raw.decode(self._encoding)
+            body = json.loads(text)
+            # PostgreSQL cannot store NUL in text or JSONB; the escape is the only way it can arrive.
+            if "\\u0000" in text and _has_nul(body):
+                raise ApiError("MALFORMED_REQUEST", "Text may not contain NUL (U+0000) characters")
+            return body
         except (UnicodeDecodeError, LookupError) as exc:
             raise ApiError("MALFORMED_REQUEST", "The request body is not valid UTF-8") from exc
         except json.JSONDecodeError as exc:
             raise ApiError("MALFORMED_REQUEST", f"The request body is not valid JSON: {exc.msg}") from exc
         except RecursionError as exc:
             raise ApiError("MALFORMED_REQUEST", "The request body is nested too deeply") from exc
+
 
     def _validate(self, body: t.Any) -> None:
         if body is None:
@@ -125,6 +164,16 @@ class BodyValidator(JSONRequestBodyValidator):
         if error is not None:
             field = field_of(error)
             raise ApiError("VALIDATION_ERROR", _message(error, field), field=field)
+
+
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class ResponseValidator(JSONResponseBodyValidator):
@@ -137,6 +186,9 @@ class ParametersValidator(ParameterValidator):
     """Query, path and header validation that names the parameter at fault."""
 
     def validate_request(self, request):
+        for name, value in request.query_params.items():
+            if "\x00" in str(value):
+                raise ApiError("VALIDATION_ERROR", f"{name} may not contain NUL characters", field=name)
         if self.strict_validation:
             extra = self.validate_query_parameter_list(request, security_params=self.security_query_params)
             if extra:

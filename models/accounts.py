@@ -12,8 +12,7 @@ from middleware import auth
 from middleware.errors import ApiError
 from models import audit
 from models.database import current_engine
-from models.resources import STAFF_SECRETS
-from models.tables import branch, organization, role, session, staff, user_role
+from models.tables import STAFF_SECRETS, branch, organization, role, session, staff, user_role
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +185,17 @@ def grant_role(conn, org_id: str, staff_id: str, role_name: str) -> None:
         .values(user_id=staff_id, role_id=role_id, org_id=org_id)
         .on_conflict_do_nothing()
     )
+
+
+def replace_primary_role(conn, org_id: str, staff_id: str, old_role: str, new_role: str) -> None:
+    """The staff record's ``role`` changed: its grant follows (other grants are kept)."""
+    conn.execute(
+        user_role.delete().where(
+            user_role.c.org_id == org_id, user_role.c.user_id == staff_id,
+            user_role.c.role_id == select(role.c.id).where(role.c.name == old_role).scalar_subquery(),
+        )
+    )
+    grant_role(conn, org_id, staff_id, new_role)
 
 
 def create_organization(*, name: str, branch_name: str, admin_email: str, admin_password: str,

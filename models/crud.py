@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import Numeric, Table, func, select
 
 from middleware.errors import ApiError
+from middleware.validation import parse_instant
 from middleware.tenancy import Caller, check_org
 from models import audit
 from models.database import current_engine
@@ -52,9 +53,17 @@ class Resource:
     hidden: frozenset[str] = frozenset()
     # Body fields that are not columns but that a hook turns into one (staff password -> hash).
     write_only: frozenset[str] = frozenset()
-    # Hooks for resources with rules of their own: (conn, caller, values[, before]) -> values.
-    prepare_create: Hook | None = None
-    prepare_update: Hook | None = None
+    # A sub-resource lives under one parent row (loan payments under a loan): the column that
+    # names it and the parent's table. A missing parent is a 404, like a missing row.
+    parent: tuple[str, Table] | None = None
+    # Hooks for resources with rules of their own, all inside the write's transaction:
+    #   before_create(conn, caller, values) -> values     after_create(conn, caller, row)
+    #   before_update(conn, caller, values, before) -> values
+    #   after_update(conn, caller, before, after)         after_delete(conn, caller, before)
+    before_create: Hook | None = None
+    after_create: Hook | None = None
+    before_update: Hook | None = None
+    after_update: Hook | None = None
     after_delete: Hook | None = None
 
     @property
@@ -64,6 +73,8 @@ class Resource:
     @property
     def writable(self) -> frozenset[str]:
         internal = {"id", "org_id", "created_at", "updated_at", "deleted_at"}
+        if self.parent:
+            internal.add(self.parent[0])
         columns = {c.name for c in self.table.c if c.name not in internal | self.hidden}
         return frozenset(columns | self.write_only)
 
@@ -77,17 +88,27 @@ def scoped(table: Table, org_id: str, *, alias=None) -> list:
 
 
 def equals(column: str) -> Callable[[Table, Any], Any]:
-    """A filter that matches one column exactly."""
-    return lambda table, value: table.c[column] == value
+    """A filter that matches one column exactly (instants compared as instants)."""
+    def clause(table, value):
+        if isinstance(table.c[column].type, sa.DateTime) and isinstance(value, str):
+            value = parse_instant(value)
+        return table.c[column] == value
+    return clause
 
 
 # --- values coming in ---------------------------------------------------------------------------
 
 def _normalise(resource: Resource, values: dict) -> dict:
-    """Exact decimals for money: a JSON number becomes a Decimal with at most the column's scale."""
+    """Exact decimals for money (a JSON number becomes a Decimal with at most the column's scale)
+    and instants as UTC datetimes."""
     for name, value in values.items():
-        column = resource.table.c[name]
-        if value is None or not isinstance(column.type, Numeric):
+        column = resource.table.c.get(name)
+        if value is None or column is None:
+            continue
+        if isinstance(column.type, sa.DateTime) and isinstance(value, str):
+            values[name] = parse_instant(value)
+            continue
+        if not isinstance(column.type, Numeric):
             continue
         try:
             # repr() is the shortest string that round-trips, so 0.1 stays 0.1, not 0.1000000000000000055.
@@ -178,18 +199,32 @@ def _attach_many(conn, resource: Resource, caller: Caller, items: list[dict], em
             item[name] = grouped[item["id"]]
 
 
+def _parent_conditions(conn, resource: Resource, caller: Caller, parent_id: str | None) -> list:
+    """For a sub-resource: 404 unless the parent is a live row of the caller's organization."""
+    if resource.parent is None:
+        return []
+    column, parent_table = resource.parent
+    found = conn.execute(
+        select(parent_table.c.id).where(parent_table.c.id == parent_id, *scoped(parent_table, caller.org_id))
+    ).first()
+    if found is None:
+        raise ApiError("NOT_FOUND", f"{parent_table.name} not found")
+    return [resource.table.c[column] == parent_id]
+
+
 def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: int = 20,
               embed: list[str] | None = None, filters: Mapping[str, Any] | None = None,
-              extra: list | None = None) -> dict:
+              parent_id: str | None = None) -> dict:
     """One page of live rows, newest first, with the total that matches the filters."""
     embed = embed or []
     table = resource.table
-    conditions = scoped(table, caller.org_id) + list(extra or [])
+    conditions = scoped(table, caller.org_id)
     for name, value in (filters or {}).items():
         if value is not None:
             conditions.append(resource.filters[name](table, value))
     query, joined = _select_with_embeds(resource, caller, embed)
     with current_engine().connect() as conn:
+        conditions += _parent_conditions(conn, resource, caller, parent_id)
         total = conn.execute(select(func.count()).select_from(table).where(*conditions)).scalar_one()
         rows = conn.execute(
             query.where(*conditions)
@@ -203,13 +238,17 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
     return {resource.plural: items, "total": total}
 
 
-def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str] | None = None) -> dict:
+def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str] | None = None,
+            parent_id: str | None = None) -> dict:
     """One live row of the caller's organization, or 404."""
     embed = embed or []
     query, joined = _select_with_embeds(resource, caller, embed)
     table = resource.table
     with current_engine().connect() as conn:
-        row = conn.execute(query.where(table.c.id == row_id, *scoped(table, caller.org_id))).mappings().first()
+        conditions = _parent_conditions(conn, resource, caller, parent_id)
+        row = conn.execute(
+            query.where(table.c.id == row_id, *scoped(table, caller.org_id), *conditions)
+        ).mappings().first()
         if row is None:
             raise ApiError("NOT_FOUND", f"{resource.name} not found")
         item = _split_embeds(row, joined)
@@ -219,69 +258,89 @@ def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str]
 
 # --- writing ------------------------------------------------------------------------------------
 
-def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any]) -> dict:
-    """Insert a row for the caller's organization and its audit record, in one transaction."""
+def _incoming(resource: Resource, caller: Caller, body: Mapping[str, Any]) -> dict:
     body = dict(body)
     check_org(body.pop("org_id", None), caller)
-    values = _normalise(resource, {k: v for k, v in body.items() if k in resource.writable})
+    return _normalise(resource, {k: v for k, v in body.items() if k in resource.writable})
+
+
+def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
+               parent_id: str | None = None) -> dict:
+    """Insert a row for the caller's organization and its audit record, in one transaction."""
+    values = _incoming(resource, caller, body)
     table = resource.table
     with current_engine().begin() as conn:
+        if resource.parent:
+            _parent_conditions(conn, resource, caller, parent_id)
+            values[resource.parent[0]] = parent_id
         _check_references(conn, resource, caller, values)
-        if resource.prepare_create:
-            values = resource.prepare_create(conn, caller, values)
+        if resource.before_create:
+            values = resource.before_create(conn, caller, values)
         row = conn.execute(
             table.insert().values(org_id=caller.org_id, **values).returning(*resource.public_columns)
         ).mappings().one()
         created = dict(row)
+        if resource.after_create:
+            resource.after_create(conn, caller, created)
         audit.record_for(conn, caller, "create", resource.name, created["id"], after=created)
     return created
 
 
-def update_row(resource: Resource, caller: Caller, row_id: str, body: Mapping[str, Any]) -> dict:
+def update_row(resource: Resource, caller: Caller, row_id: str, body: Mapping[str, Any], *,
+               parent_id: str | None = None) -> dict:
     """Change the fields sent (and only those), under a row lock, with its audit record."""
-    body = dict(body)
-    check_org(body.pop("org_id", None), caller)
-    values = _normalise(resource, {k: v for k, v in body.items() if k in resource.writable})
-    table = resource.table
+    values = _incoming(resource, caller, body)
     with current_engine().begin() as conn:
-        before = _lock(conn, resource, caller, row_id)
+        before = _lock(conn, resource, caller, row_id, parent_id)
         _check_references(conn, resource, caller, values)
-        if resource.prepare_update:
-            values = resource.prepare_update(conn, caller, values, before)
+        if resource.before_update:
+            values = resource.before_update(conn, caller, values, before)
         if not values:
             return before
-        row = conn.execute(
-            table.update()
-            .where(table.c.id == row_id, *scoped(table, caller.org_id))
-            .values(updated_at=func.now(), **values)
-            .returning(*resource.public_columns)
-        ).mappings().one()
-        after = dict(row)
+        after = _write(conn, resource, caller, row_id, {"updated_at": func.now(), **values})
+        if resource.after_update:
+            resource.after_update(conn, caller, before, after)
         audit.record_for(conn, caller, "update", resource.name, row_id, before=before, after=after)
     return after
 
 
-def delete_row(resource: Resource, caller: Caller, row_id: str) -> None:
-    """Soft delete: the row disappears from every read but stays for the audit trail."""
-    table = resource.table
+def change_row(resource: Resource, caller: Caller, row_id: str, values: Mapping[str, Any], *,
+               action: str) -> dict:
+    """Apply SQL expressions to one row (e.g. ``likes + 1``) atomically, with an audit record."""
     with current_engine().begin() as conn:
-        before = _lock(conn, resource, caller, row_id)
-        row = conn.execute(
-            table.update()
-            .where(table.c.id == row_id, *scoped(table, caller.org_id))
-            .values(deleted_at=func.now(), updated_at=func.now())
-            .returning(*resource.public_columns)
-        ).mappings().one()
-        audit.record_for(conn, caller, "delete", resource.name, row_id, before=before, after=dict(row))
+        before = _lock(conn, resource, caller, row_id, None)
+        after = _write(conn, resource, caller, row_id, {"updated_at": func.now(), **values})
+        audit.record_for(conn, caller, action, resource.name, row_id, before=before, after=after)
+    return after
+
+
+def delete_row(resource: Resource, caller: Caller, row_id: str, *, parent_id: str | None = None) -> None:
+    """Soft delete: the row disappears from every read but stays for the audit trail."""
+    with current_engine().begin() as conn:
+        before = _lock(conn, resource, caller, row_id, parent_id)
+        after = _write(conn, resource, caller, row_id, {"deleted_at": func.now(), "updated_at": func.now()})
         if resource.after_delete:
             resource.after_delete(conn, caller, before)
+        audit.record_for(conn, caller, "delete", resource.name, row_id, before=before, after=after)
 
 
-def _lock(conn, resource: Resource, caller: Caller, row_id: str) -> dict:
+def _write(conn, resource: Resource, caller: Caller, row_id: str, values: Mapping[str, Any]) -> dict:
     table = resource.table
     row = conn.execute(
-        select(*resource.public_columns)
+        table.update()
         .where(table.c.id == row_id, *scoped(table, caller.org_id))
+        .values(**values)
+        .returning(*resource.public_columns)
+    ).mappings().one()
+    return dict(row)
+
+
+def _lock(conn, resource: Resource, caller: Caller, row_id: str, parent_id: str | None) -> dict:
+    table = resource.table
+    conditions = _parent_conditions(conn, resource, caller, parent_id)
+    row = conn.execute(
+        select(*resource.public_columns)
+        .where(table.c.id == row_id, *scoped(table, caller.org_id), *conditions)
         .with_for_update()
     ).mappings().first()
     if row is None:

@@ -1,31 +1,299 @@
 """One descriptor per resource: everything that differs between them, and nothing else."""
 from __future__ import annotations
 
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+
+from sqlalchemy import func, select
+
+from middleware import auth
+from middleware.errors import ApiError
+from middleware.validation import parse_instant
+from models import accounts
 from models import tables as t
-from models.crud import Embed, Resource, equals
+from models.crud import Embed, Resource, equals, scoped
+from models.tables import STAFF_SECRETS
 
-# Never embedded or returned: the login secret.
-STAFF_SECRETS = frozenset({"password_hash"})
+CENT = Decimal("0.01")
 
+
+# --- filters ------------------------------------------------------------------------------------
 
 def _escape_like(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def contains_text(column: str):
+    """Case-insensitive substring match on one column."""
+    return lambda table, term: table.c[column].ilike(f"%{_escape_like(term)}%")
+
+
+def at_or_after(column: str):
+    return lambda table, instant: table.c[column] >= parse_instant(instant)
+
+
+def before(column: str):
+    return lambda table, instant: table.c[column] < parse_instant(instant)
+
+
+def on_day(column: str):
+    """Rows whose timestamp falls on that calendar day, in UTC."""
+    def clause(table, day: str):
+        start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), dt.timezone.utc)
+        return (table.c[column] >= start) & (table.c[column] < start + dt.timedelta(days=1))
+    return clause
+
+
 def patient_search_text(table):
     """Must stay identical to the expression of patient_search_trgm_idx (sql/0005)."""
-    return (table.c.name + " " + t.sa_coalesce(table.c.email) + " " + t.sa_coalesce(table.c.phone))
+    return table.c.name + " " + t.sa_coalesce(table.c.email) + " " + t.sa_coalesce(table.c.phone)
 
 
 def patient_search(table, term: str):
     return patient_search_text(table).ilike(f"%{_escape_like(term)}%")
 
 
+def low_stock(table, wanted: bool):
+    at_or_below = table.c.quantity <= table.c.reorder_point
+    return at_or_below if wanted else ~at_or_below
+
+
+def has_tag(table, tag: str):
+    return table.c.tags.contains([tag])
+
+
+# --- embeds -------------------------------------------------------------------------------------
+
+BRANCH = Embed(t.branch, column="branch_id")
+PATIENT = Embed(t.patient, column="patient_id")
+STAFF = Embed(t.staff, column="staff_id", hidden=STAFF_SECRETS)
+SUPPLIER = Embed(t.supplier, column="supplier_id")
+PAYMENTS = Embed(t.loan_payment, back_column="loan_id")
+
+
+# --- hooks --------------------------------------------------------------------------------------
+
+def _hash_password(values: dict) -> dict:
+    if "password" in values:
+        password = values.pop("password")
+        if not auth.password_fits(password):
+            raise ApiError("VALIDATION_ERROR", "password must be 8 to 72 bytes", field="password")
+        values["password_hash"] = auth.hash_password(password)
+    return values
+
+
+def _staff_before_create(conn, caller, values):
+    return _hash_password(values)
+
+
+def _staff_after_create(conn, caller, row):
+    accounts.grant_role(conn, caller.org_id, row["id"], row["role"])
+
+
+def _staff_before_update(conn, caller, values, before):
+    return _hash_password(values)
+
+
+def _staff_after_update(conn, caller, before, after):
+    if after["role"] != before["role"]:
+        accounts.replace_primary_role(conn, caller.org_id, after["id"], before["role"], after["role"])
+
+
+def _staff_after_delete(conn, caller, before):
+    accounts.revoke_sessions_of(conn, caller.org_id, before["id"])
+
+
+def _inventory_before_update(conn, caller, values, before):
+    if "quantity" in values and values["quantity"] != before["quantity"]:
+        values["last_updated"] = func.now()
+    return values
+
+
+def _loan_before_create(conn, caller, values):
+    values.setdefault("remaining_balance", values["original_amount"])
+    _check_balance(values["original_amount"], values["remaining_balance"])
+    return values
+
+
+def _loan_before_update(conn, caller, values, before):
+    original = values.get("original_amount", before["original_amount"])
+    remaining = values.get("remaining_balance", before["remaining_balance"])
+    _check_balance(original, remaining)
+    return values
+
+
+def _check_balance(original, remaining):
+    if remaining > original:
+        raise ApiError("BUSINESS_RULE_VIOLATION", "remaining_balance cannot exceed original_amount",
+                       field="remaining_balance")
+
+
+def _locked_loan(conn, caller, loan_id):
+    loan = t.loan
+    # The row lock serializes concurrent payments on one loan: no update is ever lost.
+    return conn.execute(
+        select(loan).where(loan.c.id == loan_id, *scoped(loan, caller.org_id)).with_for_update()
+    ).mappings().one()
+
+
+def _move_balance(conn, loan_row, delta: Decimal) -> None:
+    """Lower (delta > 0) or raise the remaining balance; zero means paid off."""
+    remaining = loan_row["remaining_balance"] - delta
+    if remaining < 0:
+        raise ApiError("BUSINESS_RULE_VIOLATION",
+                       f"the payment exceeds the remaining balance of {loan_row['remaining_balance']}",
+                       field="amount")
+    if remaining > loan_row["original_amount"]:
+        remaining = loan_row["original_amount"]
+    status = loan_row["status"]
+    if remaining == 0:
+        status = "paid_off"
+    elif status == "paid_off":
+        status = "current"
+    conn.execute(
+        t.loan.update().where(t.loan.c.id == loan_row["id"])
+        .values(remaining_balance=remaining, status=status, updated_at=func.now())
+    )
+
+
+def _split(values: dict, loan_row) -> dict:
+    """Principal and interest: as sent, or one month of interest at the yearly rate on the balance."""
+    amount = values["amount"]
+    principal, interest = values.get("principal"), values.get("interest")
+    if principal is None and interest is None:
+        rate = loan_row["interest_rate"] or Decimal(0)
+        interest = min(amount, (loan_row["remaining_balance"] * rate / 1200).quantize(CENT, ROUND_HALF_UP))
+        principal = amount - interest
+    elif principal is None:
+        principal = amount - interest
+    elif interest is None:
+        interest = amount - principal
+    if principal < 0 or interest < 0 or principal + interest != amount:
+        raise ApiError("BUSINESS_RULE_VIOLATION", "principal and interest must add up to the amount",
+                       field="principal")
+    return {**values, "principal": principal, "interest": interest}
+
+
+def _payment_before_create(conn, caller, values):
+    loan_row = _locked_loan(conn, caller, values["loan_id"])
+    values = _split(values, loan_row)
+    values.setdefault("date", func.now())
+    _move_balance(conn, loan_row, values["amount"])
+    return values
+
+
+def _payment_before_update(conn, caller, values, before):
+    if not {"amount", "principal", "interest"} & set(values):
+        return values
+    loan_row = _locked_loan(conn, caller, before["loan_id"])
+    amount = values.get("amount", before["amount"])
+    sent = {k: values[k] for k in ("principal", "interest") if k in values}
+    if not sent:
+        # A corrected amount is split as if it were recorded now, against the balance before it.
+        restored = {**loan_row, "remaining_balance": loan_row["remaining_balance"] + before["amount"]}
+        split = _split({"amount": amount}, restored)
+    else:
+        split = _split({"amount": amount, **sent}, loan_row)
+    _move_balance(conn, loan_row, amount - before["amount"])
+    return {**values, **split}
+
+
+def _payment_after_delete(conn, caller, before):
+    _move_balance(conn, _locked_loan(conn, caller, before["loan_id"]), -before["amount"])
+
+
+def _post_before_create(conn, caller, values):
+    values.setdefault("staff_id", caller.user_id)
+    return values
+
+
+# --- the resources ------------------------------------------------------------------------------
+
 PATIENTS = Resource(
-    name="patient",
-    plural="patients",
-    table=t.patient,
+    name="patient", plural="patients", table=t.patient,
     references={"branch_id": t.branch},
     filters={"status": equals("status"), "branch_id": equals("branch_id"), "search": patient_search},
-    embeds={"branch": Embed(t.branch, column="branch_id")},
+    embeds={"branch": BRANCH},
+)
+
+BRANCHES = Resource(
+    name="branch", plural="branches", table=t.branch,
+    filters={"status": equals("status")},
+)
+
+STAFF_MEMBERS = Resource(
+    name="staff", plural="staff", table=t.staff,
+    references={"branch_id": t.branch},
+    filters={"branch_id": equals("branch_id"), "role": equals("role")},
+    embeds={"branch": BRANCH},
+    hidden=STAFF_SECRETS, write_only=frozenset({"password"}),
+    before_create=_staff_before_create, after_create=_staff_after_create,
+    before_update=_staff_before_update, after_update=_staff_after_update,
+    after_delete=_staff_after_delete,
+)
+
+SUPPLIERS = Resource(
+    name="supplier", plural="suppliers", table=t.supplier,
+    filters={"search": contains_text("name")},
+)
+
+APPOINTMENTS = Resource(
+    name="appointment", plural="appointments", table=t.appointment,
+    references={"patient_id": t.patient, "staff_id": t.staff, "branch_id": t.branch},
+    filters={"patient_id": equals("patient_id"), "staff_id": equals("staff_id"),
+             "branch_id": equals("branch_id"), "status": equals("status"), "date": on_day("date"),
+             "date_from": at_or_after("date"), "date_to": before("date")},
+    embeds={"patient": PATIENT, "staff": STAFF, "branch": BRANCH},
+)
+
+PRESCRIPTIONS = Resource(
+    name="prescription", plural="prescriptions", table=t.prescription,
+    references={"patient_id": t.patient, "staff_id": t.staff},
+    filters={"patient_id": equals("patient_id"), "staff_id": equals("staff_id")},
+    embeds={"patient": PATIENT, "staff": STAFF},
+)
+
+TRANSACTIONS = Resource(
+    name="transaction", plural="transactions", table=t.transaction,
+    references={"patient_id": t.patient, "staff_id": t.staff},
+    filters={"patient_id": equals("patient_id"), "staff_id": equals("staff_id"), "type": equals("type"),
+             "method": equals("method"), "date_from": at_or_after("date"), "date_to": before("date")},
+    embeds={"patient": PATIENT, "staff": STAFF},
+)
+
+INVENTORY = Resource(
+    name="inventory_item", plural="inventory", table=t.inventory_item,
+    references={"branch_id": t.branch, "supplier_id": t.supplier},
+    filters={"branch_id": equals("branch_id"), "supplier_id": equals("supplier_id"),
+             "status": equals("status"), "category": equals("category"), "low_stock": low_stock},
+    embeds={"branch": BRANCH, "supplier": SUPPLIER},
+    before_update=_inventory_before_update,
+)
+
+LOANS = Resource(
+    name="loan", plural="loans", table=t.loan,
+    filters={"status": equals("status")},
+    embeds={"payments": PAYMENTS},
+    before_create=_loan_before_create, before_update=_loan_before_update,
+)
+
+LOAN_PAYMENTS = Resource(
+    name="loan_payment", plural="payments", table=t.loan_payment,
+    parent=("loan_id", t.loan),
+    before_create=_payment_before_create, before_update=_payment_before_update,
+    after_delete=_payment_after_delete,
+)
+
+COMMUNITY_POSTS = Resource(
+    name="community_post", plural="posts", table=t.community_post,
+    references={"staff_id": t.staff},
+    filters={"staff_id": equals("staff_id"), "tag": has_tag},
+    embeds={"staff": STAFF},
+    before_create=_post_before_create,
+)
+
+FINANCIAL_REPORTS = Resource(
+    name="financial_report", plural="reports", table=t.financial_report,
+    filters={"type": equals("type"), "period": equals("period"),
+             "period_from": at_or_after("period"), "period_to": before("period")},
 )

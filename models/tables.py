@@ -21,6 +21,9 @@ from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 
 metadata = MetaData()
 
+# Columns that never leave the server, whatever the resource or embed.
+STAFF_SECRETS = frozenset({"password_hash"})
+
 
 def sa_coalesce(column):
     """coalesce(column, '') as the search indexes write it."""

@@ -1,0 +1,33 @@
+"""Loans and their payments. Recording a payment lowers the loan's balance (see LOAN_PAYMENTS)."""
+from handlers import crud_operations, no_content, ok
+from middleware.tenancy import current_caller
+from models import crud
+from models.resources import LOAN_PAYMENTS, LOANS
+
+list_loans, get_loan, create_loan, update_loan, delete_loan = crud_operations(LOANS)
+
+
+def list_loan_payments(id_: str, page: int = 1, page_size: int = 20):
+    """One page of a loan's payments, newest first."""
+    return ok(crud.list_rows(LOAN_PAYMENTS, current_caller(), page=page, page_size=page_size, parent_id=id_))
+
+
+def create_loan_payment(id_: str, body: dict):
+    """Record a payment against a loan."""
+    return ok(crud.create_row(LOAN_PAYMENTS, current_caller(), body, parent_id=id_), 201)
+
+
+def get_loan_payment(id_: str, payment_id: str):
+    """One payment of a loan."""
+    return ok(crud.get_row(LOAN_PAYMENTS, current_caller(), payment_id, parent_id=id_))
+
+
+def update_loan_payment(id_: str, payment_id: str, body: dict):
+    """Correct a payment; the balance moves by the difference."""
+    return ok(crud.update_row(LOAN_PAYMENTS, current_caller(), payment_id, body, parent_id=id_))
+
+
+def delete_loan_payment(id_: str, payment_id: str):
+    """Remove a payment; its amount goes back onto the balance."""
+    crud.delete_row(LOAN_PAYMENTS, current_caller(), payment_id, parent_id=id_)
+    return no_content()
