@@ -139,3 +139,40 @@ def api_schema(app):
     import schemathesis
 
     return schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url, settings):
+    """The app served by uvicorn in another process, for tests that need real concurrency."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, **TEST_ENV, "DATABASE_URL": database_url, "VALIDATE_RESPONSES": "false",
+           "DB_POOL_SIZE": "30", "LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        env=env, cwd=str(config.ROOT),
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        raise RuntimeError("the live server did not start")
+    yield base
+    process.terminate()
+    process.wait(timeout=30)

@@ -1,0 +1,237 @@
+"""The rules particular to some resources: staff, inventory, money, loan payments, likes."""
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import bcrypt
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import PASSWORD, error_of
+from tests.handlers.test_resources import build_world, post
+
+
+@pytest.fixture
+def world(client, org_a):
+    return build_world(client, org_a)
+
+
+# --- staff ---------------------------------------------------------------------------------------
+
+def new_staff(client, org, **fields):
+    body = {"branch_id": org.branch_id, "name": "Sam", "email": "sam@example.com", "role": "receptionist",
+            "password": PASSWORD, **fields}
+    return client.post("/staff", json=body, headers=org.headers)
+
+
+def test_staff_password_is_write_only_and_hashed(client, org_a, engine):
+    email = f"sam-{org_a.org_id[:8]}@example.com"
+    response = new_staff(client, org_a, email=email)
+    assert response.status_code == 201
+    member = response.json()["data"]
+    assert "password" not in member and "password_hash" not in member
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT password_hash FROM staff WHERE id = :id"), {"id": member["id"]}).scalar_one()
+    assert stored != PASSWORD and bcrypt.checkpw(PASSWORD.encode(), stored.encode())
+    listed = client.get("/staff", headers=org_a.headers).text
+    assert "password" not in listed
+
+
+def test_staff_email_is_unique_case_insensitively_across_organizations(client, org_a, org_b):
+    email = f"unique-{org_a.org_id[:8]}@example.com"
+    assert new_staff(client, org_a, email=email).status_code == 201
+    clash = new_staff(client, org_b, email=email.upper())
+    assert clash.status_code == 409
+    assert error_of(clash)["code"] == "CONFLICT" and error_of(clash)["field"] == "email"
+
+
+def test_deleted_staff_frees_the_email(client, org_a):
+    email = f"again-{org_a.org_id[:8]}@example.com"
+    first = new_staff(client, org_a, email=email).json()["data"]
+    assert client.delete(f"/staff/{first['id']}", headers=org_a.headers).status_code == 204
+    assert new_staff(client, org_a, email=email).status_code == 201
+
+
+def test_staff_role_is_granted_and_follows_changes(client, org_a):
+    email = f"role-{org_a.org_id[:8]}@example.com"
+    member = new_staff(client, org_a, email=email, role="accountant").json()["data"]
+    login = client.post("/auth/login", json={"email": email, "password": PASSWORD}).json()["data"]
+    headers = {"Authorization": f"Bearer {login['access_token']}"}
+    assert client.get("/transactions", headers=headers).status_code == 200
+    assert client.get("/prescriptions", headers=headers).status_code == 403
+    client.patch(f"/staff/{member['id']}", json={"role": "doctor"}, headers=org_a.headers)
+    me = client.post("/auth/login", json={"email": email, "password": PASSWORD}).json()["data"]
+    doctor = {"Authorization": f"Bearer {me['access_token']}"}
+    assert client.get("/prescriptions", headers=doctor).status_code == 200
+    assert client.get("/transactions", headers=doctor).status_code == 403
+
+
+def test_deleting_staff_revokes_their_sessions(client, org_a):
+    email = f"gone-{org_a.org_id[:8]}@example.com"
+    member = new_staff(client, org_a, email=email).json()["data"]
+    tokens = client.post("/auth/login", json={"email": email, "password": PASSWORD}).json()["data"]
+    assert client.delete(f"/staff/{member['id']}", headers=org_a.headers).status_code == 204
+    assert client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code == 401
+    assert client.post("/auth/login", json={"email": email, "password": PASSWORD}).status_code == 401
+
+
+def test_staff_password_can_be_changed(client, org_a):
+    email = f"pw-{org_a.org_id[:8]}@example.com"
+    member = new_staff(client, org_a, email=email).json()["data"]
+    client.patch(f"/staff/{member['id']}", json={"password": "a brand new secret"}, headers=org_a.headers)
+    assert client.post("/auth/login", json={"email": email, "password": PASSWORD}).status_code == 401
+    assert client.post("/auth/login", json={"email": email, "password": "a brand new secret"}).status_code == 200
+
+
+# --- inventory -----------------------------------------------------------------------------------
+
+def item_body(world, **fields):
+    return {"branch_id": world.branch_id, "name": "Syringe", "sku": "SYR-1", "price": 0.5, **fields}
+
+
+def test_sku_is_unique_per_organization_among_live_items(client, world):
+    org = world.org
+    first = post(client, org, "/inventory", item_body(world))
+    clash = client.post("/inventory", json=item_body(world), headers=org.headers)
+    assert clash.status_code == 409 and error_of(clash)["field"] == "sku"
+    client.delete(f"/inventory/{first['id']}", headers=org.headers)
+    assert client.post("/inventory", json=item_body(world), headers=org.headers).status_code == 201
+
+
+def test_same_sku_in_two_organizations(client, world, org_b):
+    post(client, world.org, "/inventory", item_body(world, sku="SHARED"))
+    other = build_world(client, org_b)
+    assert client.post("/inventory", json=item_body(other, sku="SHARED"), headers=org_b.headers).status_code == 201
+
+
+def test_last_updated_moves_only_when_quantity_does(client, world):
+    org = world.org
+    item = post(client, org, "/inventory", item_body(world, sku="Q-1", quantity=5))
+    renamed = client.patch(f"/inventory/{item['id']}", json={"name": "Syringe 5ml"}, headers=org.headers).json()["data"]
+    assert renamed["last_updated"] == item["last_updated"]
+    restocked = client.patch(f"/inventory/{item['id']}", json={"quantity": 50}, headers=org.headers).json()["data"]
+    assert restocked["last_updated"] > item["last_updated"]
+
+
+# --- money ---------------------------------------------------------------------------------------
+
+def test_money_keeps_exact_decimals(client, world, engine):
+    org = world.org
+    base = {"patient_id": world.patient_id, "staff_id": world.staff_id, "date": "2026-11-01T00:00:00Z"}
+    ids = [post(client, org, "/transactions", {**base, "amount": amount})["id"] for amount in (0.1, 0.2)]
+    with engine.connect() as conn:
+        total = conn.execute(sa.text("SELECT sum(amount) FROM transaction WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                             {"ids": ids}).scalar_one()
+    assert total == Decimal("0.30")
+    big = post(client, org, "/transactions", {**base, "amount": 9999999999.99})
+    assert big["amount"] == 9999999999.99
+    for bad in (0.001, -1, 10000000000):
+        response = client.post("/transactions", json={**base, "amount": bad}, headers=org.headers)
+        assert response.status_code == 400 and error_of(response)["field"] == "amount", bad
+
+
+def test_negative_quantities_and_prices_are_refused(client, world):
+    for field, value in (("quantity", -1), ("price", -0.01), ("reorder_point", -5)):
+        response = client.post("/inventory", json=item_body(world, **{field: value}), headers=world.org.headers)
+        assert response.status_code == 400 and error_of(response)["field"] == field
+
+
+# --- loans and payments -------------------------------------------------------------------------
+
+def new_loan(client, org, **fields):
+    return post(client, org, "/loans", {"lender": "Bank", "original_amount": 1200, "interest_rate": 12,
+                                        "start_date": "2026-01-01T00:00:00Z", **fields})
+
+
+def test_payment_lowers_the_balance_and_splits_interest(client, world):
+    org = world.org
+    loan = new_loan(client, org)
+    assert loan["remaining_balance"] == 1200
+    response = client.post(f"/loans/{loan['id']}/payments", json={"amount": 112}, headers=org.headers)
+    assert response.status_code == 201
+    payment = response.json()["data"]
+    assert payment["interest"] == 12.0 and payment["principal"] == 100.0  # 12%/12 of 1200
+    after = client.get(f"/loans/{loan['id']}?embed=payments", headers=org.headers).json()["data"]
+    assert after["remaining_balance"] == 1088 and [p["id"] for p in after["payments"]] == [payment["id"]]
+    listed = client.get(f"/loans/{loan['id']}/payments", headers=org.headers).json()["data"]
+    assert listed["total"] == 1 and listed["payments"][0] == payment
+
+
+def test_payment_above_the_balance_is_refused_and_zero_means_paid_off(client, world):
+    org = world.org
+    loan = new_loan(client, org, original_amount=100)
+    too_much = client.post(f"/loans/{loan['id']}/payments", json={"amount": 100.01}, headers=org.headers)
+    assert too_much.status_code == 422 and error_of(too_much)["code"] == "BUSINESS_RULE_VIOLATION"
+    client.post(f"/loans/{loan['id']}/payments", json={"amount": 60, "principal": 60, "interest": 0}, headers=org.headers)
+    last = client.post(f"/loans/{loan['id']}/payments", json={"amount": 40}, headers=org.headers).json()["data"]
+    paid = client.get(f"/loans/{loan['id']}", headers=org.headers).json()["data"]
+    assert paid["remaining_balance"] == 0 and paid["status"] == "paid_off"
+    client.delete(f"/loans/{loan['id']}/payments/{last['id']}", headers=org.headers)
+    reopened = client.get(f"/loans/{loan['id']}", headers=org.headers).json()["data"]
+    assert reopened["remaining_balance"] == 40 and reopened["status"] == "current"
+
+
+def test_correcting_a_payment_moves_the_balance_by_the_difference(client, world):
+    org = world.org
+    loan = new_loan(client, org, interest_rate=0)
+    payment = client.post(f"/loans/{loan['id']}/payments", json={"amount": 200}, headers=org.headers).json()["data"]
+    fixed = client.patch(f"/loans/{loan['id']}/payments/{payment['id']}", json={"amount": 150}, headers=org.headers)
+    assert fixed.status_code == 200 and fixed.json()["data"]["principal"] == 150
+    assert client.get(f"/loans/{loan['id']}", headers=org.headers).json()["data"]["remaining_balance"] == 1050
+    bad_split = client.patch(f"/loans/{loan['id']}/payments/{payment['id']}",
+                             json={"principal": 100, "interest": 10}, headers=org.headers)
+    assert bad_split.status_code == 422
+
+
+def test_payments_of_a_missing_or_foreign_loan_are_404(client, world, org_b):
+    theirs = new_loan(client, org_b)
+    for url in (f"/loans/{theirs['id']}/payments",):
+        assert client.get(url, headers=world.org.headers).status_code == 404
+        assert client.post(url, json={"amount": 1}, headers=world.org.headers).status_code == 404
+    mine = new_loan(client, world.org)
+    payment = client.post(f"/loans/{mine['id']}/payments", json={"amount": 1}, headers=world.org.headers).json()["data"]
+    # A payment is only found under its own loan.
+    assert client.get(f"/loans/{theirs['id']}/payments/{payment['id']}", headers=org_b.headers).status_code == 404
+    other_loan = new_loan(client, world.org)
+    assert client.get(f"/loans/{other_loan['id']}/payments/{payment['id']}", headers=world.org.headers).status_code == 404
+
+
+def test_remaining_balance_cannot_exceed_the_original(client, world):
+    response = client.post("/loans", json={"lender": "B", "original_amount": 10, "remaining_balance": 11,
+                                           "start_date": "2026-01-01T00:00:00Z"}, headers=world.org.headers)
+    assert response.status_code == 422 and error_of(response)["field"] == "remaining_balance"
+
+
+def test_twenty_concurrent_payments_lose_no_update(live_server, world):
+    org = world.org
+    with httpx.Client(base_url=live_server, headers=org.headers, timeout=30) as http:
+        loan = http.post("/loans", json={"lender": "Bank", "original_amount": 1000, "interest_rate": 0,
+                                         "start_date": "2026-01-01T00:00:00Z"}).json()["data"]
+        amounts = [Decimal("47.13") + i for i in range(20)]  # sums to more than the balance
+
+        def pay(amount):
+            return http.post(f"/loans/{loan['id']}/payments", json={"amount": float(amount)})
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            responses = list(pool.map(pay, amounts))
+        accepted = [a for a, r in zip(amounts, responses) if r.status_code == 201]
+        refused = [r for r in responses if r.status_code != 201]
+        assert all(r.status_code == 422 for r in refused), [r.text for r in refused]
+        assert accepted and refused
+        final = http.get(f"/loans/{loan['id']}").json()["data"]
+        assert Decimal(str(final["remaining_balance"])) == Decimal(1000) - sum(accepted)
+        assert http.get(f"/loans/{loan['id']}/payments").json()["data"]["total"] == len(accepted)
+
+
+# --- community -----------------------------------------------------------------------------------
+
+def test_post_author_defaults_to_the_caller_and_likes_are_atomic(live_server, world):
+    org = world.org
+    with httpx.Client(base_url=live_server, headers=org.headers, timeout=30) as http:
+        created = http.post("/community/posts", json={"title": "Hi", "content": "All"}).json()["data"]
+        assert created["staff_id"] == org.admin_id and created["likes"] == 0
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            statuses = list(pool.map(lambda _: http.post(f"/community/posts/{created['id']}/like").status_code, range(25)))
+        assert statuses == [200] * 25
+        assert http.get(f"/community/posts/{created['id']}").json()["data"]["likes"] == 25
+        assert http.post(f"/community/posts/{created['id']}/like", headers={"Authorization": "Bearer x"}).status_code == 401
