@@ -11,10 +11,14 @@ from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
 from inflection import underscore
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 import config
-from middleware import auth, errors
+from middleware import auth, errors, observability, ratelimit
 from middleware.http import BodySizeLimit, MethodCheck, RequestId, SecurityHeaders
+from middleware.observability import Observability
+from middleware.ratelimit import RateLimit
+from middleware.routes import RouteTable
 from middleware.validation import VALIDATORS
 from models import database
 
@@ -32,6 +36,9 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
     """Build the ASGI application. The database URL defaults to the configured or embedded one."""
     settings = settings or config.load()
     auth.configure(settings)
+    observability.configure_logging(settings.log_level)
+    observability.configure(settings)
+    _init_sentry(settings)
     url = database_url or database.resolve_url(settings)
     database.install(database.create_engine(url, settings))
 
@@ -52,13 +59,35 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         app.add_error_handler(exc_class, errors.connexion_handler)
     app.app.register_error_handler(Exception, errors.flask_handler)
 
-    # Outermost first: every response, errors included, gets an id and the security headers, and
-    # oversized bodies are refused before anything reads them.
-    app.add_middleware(RequestId, position=MiddlewarePosition.BEFORE_EXCEPTION)
-    app.add_middleware(SecurityHeaders, position=MiddlewarePosition.BEFORE_EXCEPTION)
-    app.add_middleware(MethodCheck, position=MiddlewarePosition.BEFORE_EXCEPTION,
-                       spec_path=SPEC_DIR / "openapi.yaml")
-    app.add_middleware(BodySizeLimit, position=MiddlewarePosition.BEFORE_EXCEPTION,
-                       max_bytes=settings.max_body_bytes)
-    logging.getLogger().setLevel(settings.log_level)
+    # Outermost first. Every response, errors and 429s included, gets an id, is counted, timed
+    # and logged, and carries the security headers; limits apply before routing so that requests
+    # connexion refuses count too; oversized bodies are refused before anything reads them.
+    routes = RouteTable(SPEC_DIR / "openapi.yaml")
+    position = MiddlewarePosition.BEFORE_EXCEPTION
+    app.add_middleware(RequestId, position=position)
+    app.add_middleware(Observability, position=position, routes=routes)
+    app.add_middleware(SecurityHeaders, position=position)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, position=position, allow_origins=list(settings.cors_origins),
+                           allow_credentials=False, allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID",
+                                          "If-Match", "If-None-Match", "Idempotency-Key"],
+                           expose_headers=["X-Request-ID", "ETag", "RateLimit", "RateLimit-Policy",
+                                           "Retry-After", "Location"])
+    app.add_middleware(RateLimit, position=position, limits=ratelimit.configure(settings), routes=routes)
+    app.add_middleware(MethodCheck, position=position, routes=routes)
+    app.add_middleware(BodySizeLimit, position=position, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _init_sentry(settings: config.Settings) -> None:
+    """Report unhandled errors to Sentry when SENTRY_DSN is set and sentry-sdk is installed."""
+    if not settings.sentry_dsn:
+        return
+    try:
+        import sentry_sdk
+    except ImportError:
+        logging.getLogger(__name__).warning("SENTRY_DSN is set but sentry-sdk is not installed")
+        return
+    # No request bodies or headers: they hold patient data and tokens.
+    sentry_sdk.init(dsn=settings.sentry_dsn, send_default_pii=False, max_request_body_size="never")

@@ -87,6 +87,9 @@ def cmd_serve(settings, _args) -> int:
 def _serve(settings, url) -> None:
     from gunicorn.app.base import BaseApplication
 
+    if settings.workers > 1:
+        settings = config.share_metrics_between_workers(settings)
+
     class Server(BaseApplication):
         def load_config(self):
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
@@ -94,6 +97,8 @@ def _serve(settings, url) -> None:
             self.cfg.set("worker_class", "uvicorn_worker.UvicornWorker")
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("accesslog", None)
+            # SIGTERM: stop accepting, let in-flight requests finish (up to graceful_timeout).
+            self.cfg.set("child_exit", _forget_worker_metrics)
 
         def load(self):
             # Runs in each worker after the fork: every worker gets its own connection pool.
@@ -102,6 +107,12 @@ def _serve(settings, url) -> None:
             return create_app(settings, database_url=url)
 
     Server().run()
+
+
+def _forget_worker_metrics(_server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def cmd_run(settings, _args) -> int:

@@ -79,6 +79,8 @@ class Settings:
     demo_admin_email: str = "admin@demo.clinic"
     demo_admin_password: str = ""
     admin_password: str = ""
+    prometheus_multiproc_dir: str = ""
+    sentry_dsn: str = ""
 
     @property
     def is_development(self) -> bool:
@@ -133,6 +135,8 @@ def load(env=None, *, serving: bool = True) -> Settings:
         demo_admin_email=env.get("DEMO_ADMIN_EMAIL", defaults.demo_admin_email),
         demo_admin_password=env.get("DEMO_ADMIN_PASSWORD", ""),
         admin_password=env.get("ADMIN_PASSWORD", ""),
+        prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", ""),
+        sentry_dsn=env.get("SENTRY_DSN", ""),
     )
     if settings.is_development and not settings.jwt_secret:
         settings = replace(settings, jwt_secret=_local_secret(settings.data_dir))
@@ -179,3 +183,17 @@ def contract_examples(env=None) -> int:
     """How many examples schemathesis tries per operation (``make fuzz`` raises it)."""
     env = os.environ if env is None else env
     return _int("CONTRACT_EXAMPLES", 25, env)
+
+
+def share_metrics_between_workers(settings: Settings) -> Settings:
+    """Before forking workers: point prometheus_client at a folder of per-process files.
+
+    prometheus_client reads PROMETHEUS_MULTIPROC_DIR when it is first imported, so the variable
+    must be in the environment the workers inherit; stale files of a previous run are removed.
+    """
+    path = Path(settings.prometheus_multiproc_dir or settings.data_dir / "metrics")
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return replace(settings, prometheus_multiproc_dir=str(path))

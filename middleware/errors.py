@@ -155,6 +155,8 @@ def to_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, OAuthScopeProblem):
         return ApiError("INSUFFICIENT_SCOPE")
     if isinstance(exc, ProblemException):
+        if exc.status >= 500:
+            log.error("server error from connexion: %s %s", exc.title, exc.detail)
         code = code_for_status(exc.status)
         return ApiError(code, exc.detail if exc.status < 500 and exc.detail else None,
                         headers=dict(exc.headers or {}))

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from pathlib import Path
-
-import yaml
 from starlette.datastructures import MutableHeaders
 
 from middleware.errors import error_body
+from middleware.routes import RouteTable
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 
 
 async def send_error(send, status: int, code: str, message: str, headers: dict | None = None) -> None:
@@ -33,7 +31,7 @@ class RequestId:
             return await self.app(scope, receive, send)
         headers = MutableHeaders(scope=scope)
         request_id = headers.get("x-request-id", "")
-        if not _REQUEST_ID.match(request_id):
+        if not _REQUEST_ID.fullmatch(request_id):
             request_id = uuid.uuid4().hex
             headers["x-request-id"] = request_id
         scope.setdefault("state", {})["request_id"] = request_id
@@ -130,30 +128,17 @@ class MethodCheck:
     Flask's matches them and would run the handler outside connexion's context (a 500).
     """
 
-    def __init__(self, app, spec_path: Path):
+    def __init__(self, app, routes: RouteTable):
         self.app = app
-        spec = yaml.safe_load(spec_path.read_text())
-        self.routes = []
-        for template, item in spec["paths"].items():
-            pattern = re.sub(r"\{[^/}]+\}", "[^/]+", re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
-            methods = sorted(m.upper() for m in item if m in
-                             {"get", "put", "post", "delete", "patch", "head", "options", "trace"})
-            if "GET" in methods:
-                methods.append("HEAD")
-            self.routes.append((re.compile(pattern), methods))
+        self.routes = routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
-        method = scope["method"]
-        if _CONTROL.search(path):
+        if _CONTROL.search(scope["path"]):
             return await send_error(send, 404, "NOT_FOUND", "The resource does not exist")
-        for pattern, methods in self.routes:
-            if pattern.fullmatch(path):
-                if method not in methods:
-                    return await send_error(send, 405, "METHOD_NOT_ALLOWED",
-                                            f"{method} is not allowed here",
-                                            headers={"Allow": ", ".join(sorted(set(methods)))})
-                break
+        route = self.routes.match(scope["path"])
+        if route is not None and scope["method"] not in route.methods:
+            return await send_error(send, 405, "METHOD_NOT_ALLOWED", f"{scope['method']} is not allowed here",
+                                    headers={"Allow": ", ".join(route.methods)})
         await self.app(scope, receive, send)

@@ -8,7 +8,8 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
-from middleware import auth
+from middleware import auth, ratelimit
+from middleware.observability import LOGIN_FAILURES
 from middleware.errors import ApiError
 from models import audit
 from models.database import current_engine
@@ -68,6 +69,7 @@ def login(email: str, password: str, origin: dict) -> dict:
     """Check the credentials and open a session; unknown email and bad password look the same."""
     if not auth.password_fits(password):
         raise ApiError("VALIDATION_ERROR", "password must be 1 to 72 bytes", field="password")
+    ratelimit.check_login_account(email)
     engine = current_engine()
     with engine.connect() as conn:
         member = _live_staff_by_email(conn, email)
@@ -87,6 +89,8 @@ def login(email: str, password: str, origin: dict) -> dict:
             audit.record(conn, org_id=member["org_id"], user_id=member["id"], action="login",
                          resource="session", origin=origin)
     if not accepted:
+        ratelimit.record_failed_login(email)
+        LOGIN_FAILURES.inc()
         raise ApiError("INVALID_CREDENTIALS")
     return result
 

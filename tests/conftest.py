@@ -142,8 +142,43 @@ def api_schema(app):
 
 
 @pytest.fixture(scope="session")
-def live_server(database_url, settings):
+def live_server(database_url):
     """The app served by uvicorn in another process, for tests that need real concurrency."""
+    process, base = spawn_server(database_url)
+    yield base
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def app_with(app, settings, database_url):
+    """Factory: another app on the same database with some settings changed.
+
+    create_app installs process-wide pieces (engine, auth and rate-limit settings); the session
+    app's are put back afterwards.
+    """
+    from app import create_app
+    from middleware import auth, observability, ratelimit
+
+    original_engine = database.current_engine()
+    engines = []
+
+    def make(**overrides):
+        custom = create_app(settings.with_overrides(**overrides), database_url=database_url)
+        engines.append(database.current_engine())
+        return custom
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+    database.install(original_engine)
+    auth.configure(settings)
+    ratelimit.configure(settings)
+    observability.configure(settings)
+
+
+def spawn_server(database_url: str, **env_overrides) -> tuple:
+    """Start `uvicorn --factory app:create_app` in a child process; returns (process, base URL)."""
     import os
     import socket
     import subprocess
@@ -156,7 +191,7 @@ def live_server(database_url, settings):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, **TEST_ENV, "DATABASE_URL": database_url, "VALIDATE_RESPONSES": "false",
-           "DB_POOL_SIZE": "30", "LOG_LEVEL": "WARNING"}
+           "DB_POOL_SIZE": "30", "LOG_LEVEL": "WARNING", **env_overrides}
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"],
@@ -167,12 +202,8 @@ def live_server(database_url, settings):
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/health").status_code == 200:
-                break
+                return process, base
         except httpx.HTTPError:
             time.sleep(0.2)
-    else:
-        process.kill()
-        raise RuntimeError("the live server did not start")
-    yield base
-    process.terminate()
-    process.wait(timeout=30)
+    process.kill()
+    raise RuntimeError("the server did not start")

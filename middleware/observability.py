@@ -1,0 +1,156 @@
+"""Prometheus metrics and one JSON log line per request, measured at the ASGI layer.
+
+prometheus-flask-exporter sits on the inner Flask app: it misses the requests connexion answers
+itself and labels 404 and 429 as 500. Measuring here sees every request with its real status.
+With several gunicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` makes the values shared files.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+from middleware.routes import RouteTable
+
+REQUESTS = Counter("http_requests_total", "HTTP requests by method, route template and status",
+                   ["method", "route", "status"])
+LATENCY = Histogram("http_request_duration_seconds", "Time to answer a request, by route template",
+                    ["method", "route"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+IN_PROGRESS = Gauge("http_requests_in_progress", "Requests being answered now", ["method"],
+                    multiprocess_mode="livesum")
+DB_POOL = Gauge("db_pool_connections", "Database pool connections by state", ["state"],
+                multiprocess_mode="livesum")
+LOGIN_FAILURES = Counter("auth_login_failures_total", "Failed logins (unknown email or wrong password)")
+RATE_LIMITED = Counter("rate_limited_requests_total", "Requests refused with 429, by policy", ["policy"])
+
+access_log = logging.getLogger("clinic_api.access")
+
+# The classic text format every Prometheus version scrapes; the spec declares this exact type.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+_multiprocess = False
+
+
+def configure(settings) -> None:
+    global _multiprocess
+    _multiprocess = bool(settings.prometheus_multiproc_dir)
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition text: this process's registry, or every worker's in multiprocess mode."""
+    if _multiprocess:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE
+    return generate_latest(), CONTENT_TYPE
+
+
+def _pool_gauges() -> None:
+    from models.database import current_engine
+
+    try:
+        pool = current_engine().pool
+        DB_POOL.labels("checked_out").set(pool.checkedout())
+        DB_POOL.labels("idle").set(pool.checkedin())
+        DB_POOL.labels("overflow").set(max(pool.overflow(), 0))
+    except Exception:  # no engine yet, or a pool without these counters
+        pass
+
+
+class Observability:
+    """Counts, times and logs every request, including those answered by outer layers' errors."""
+
+    def __init__(self, app, routes: RouteTable):
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        method = scope["method"]
+        route = self.routes.template_of(scope["path"])
+        status = 500
+        started = time.perf_counter()
+        IN_PROGRESS.labels(method).inc()
+
+        async def observing_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observing_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            IN_PROGRESS.labels(method).dec()
+            REQUESTS.labels(method, route, str(status)).inc()
+            LATENCY.labels(method, route).observe(elapsed)
+            if status == 429 and state.get("rate_limited"):
+                RATE_LIMITED.labels(state["rate_limited"]).inc()
+            _pool_gauges()
+            claims = state.get("claims") or {}
+            access_log.info("request", extra={"access": {
+                "request_id": state.get("request_id"),
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "user_id": claims.get("sub"),
+                "org_id": claims.get("org_id"),
+            }})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the request fields if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "access", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (test runners swap it)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr for every logger (the server's own included)."""
+    formatter = JsonFormatter()
+    formatter.converter = time.gmtime
+    handler = _StderrHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "gunicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # uvicorn's own access log would duplicate ours, without the route template or the user.
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,147 @@
+"""Rate limits at the ASGI layer, so every request counts, including those connexion refuses.
+
+Built on ``limits`` (the library flask-limiter wraps): flask-limiter sits on the inner Flask app
+and never sees the 400/401/404/405 answers connexion gives before it. Storage is in-process by
+default and Redis when ``RATE_LIMIT_STORAGE_URI`` points at one, shared by every worker and
+instance. Headers follow the IETF httpapi RateLimit draft: ``RateLimit-Policy`` and ``RateLimit``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import jwt
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from starlette.datastructures import Headers
+
+from config import Settings
+from middleware import auth
+from middleware.errors import ApiError
+from middleware.http import send_error
+from middleware.routes import RouteTable
+from middleware.tenancy import client_ip
+
+log = logging.getLogger(__name__)
+
+# Probes and the scraper must never be throttled: a limited /ready takes an instance out of rotation.
+EXEMPT = frozenset({"/health", "/ready", "/metrics"})
+LOGIN = "/auth/login"
+
+
+class RateLimits:
+    """The configured policies and their shared storage."""
+
+    def __init__(self, settings: Settings):
+        self.enabled = settings.rate_limit_enabled
+        self.storage = storage_from_string(settings.rate_limit_storage_uri)
+        self.limiter = MovingWindowRateLimiter(self.storage)
+        self.default = parse(settings.rate_limit_default)
+        self.login = parse(settings.rate_limit_login)
+        self.login_account = parse(settings.rate_limit_login_account)
+
+    def hit(self, name: str, item, key: str) -> tuple[bool, int, int]:
+        """Count one request; returns (allowed, remaining, seconds until the window frees)."""
+        try:
+            allowed = self.limiter.hit(item, name, key)
+            reset, remaining = self.limiter.get_window_stats(item, name, key)
+        except Exception:  # storage down: serve rather than refuse everyone
+            log.exception("rate-limit storage unavailable; request not counted")
+            return True, item.amount, item.get_expiry()
+        return allowed, remaining, max(0, math.ceil(reset - time.time()))
+
+
+_limits: RateLimits | None = None
+
+
+def configure(settings: Settings) -> RateLimits:
+    global _limits
+    _limits = RateLimits(settings)
+    return _limits
+
+
+def _account_key(email: str) -> str:
+    return email.strip().lower()
+
+
+def check_login_account(email: str) -> None:
+    """Refuse a login for an account whose failed attempts are used up, whatever the client IP."""
+    limits = _limits
+    if limits is None or not limits.enabled:
+        return
+    try:
+        allowed = limits.limiter.test(limits.login_account, "login-account", _account_key(email))
+        reset, _ = limits.limiter.get_window_stats(limits.login_account, "login-account", _account_key(email))
+    except Exception:
+        log.exception("rate-limit storage unavailable; login not checked")
+        return
+    if not allowed:
+        retry = max(1, math.ceil(reset - time.time()))
+        raise ApiError("RATE_LIMITED", "Too many failed logins for this account; retry later",
+                       headers={"Retry-After": str(retry)})
+
+
+def record_failed_login(email: str) -> None:
+    limits = _limits
+    if limits is not None and limits.enabled:
+        limits.hit("login-account", limits.login_account, _account_key(email))
+
+
+class RateLimit:
+    """ASGI middleware: per user with a valid token, per client IP otherwise."""
+
+    def __init__(self, app, limits: RateLimits, routes: RouteTable):
+        self.app = app
+        self.limits = limits
+        self.routes = routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        template = self.routes.template_of(scope["path"])
+        state = scope.setdefault("state", {})
+        headers = Headers(scope=scope)
+        claims = _verified_claims(headers.get("authorization"))
+        state["claims"] = claims
+        state["route"] = template
+        if not self.limits.enabled or template in EXEMPT:
+            return await self.app(scope, receive, send)
+        peer = (scope.get("client") or ("unknown", 0))[0]
+        ip = client_ip(peer, headers.get("x-forwarded-for")) or "unknown"
+        key = f"user:{claims['sub']}" if claims else f"ip:{ip}"
+        policies = [("default", self.limits.default, key)]
+        if template == LOGIN and scope["method"] == "POST":
+            policies.append(("login", self.limits.login, f"ip:{ip}"))
+        results = [(name, item, *self.limits.hit(name, item, k)) for name, item, k in policies]
+        refused = [r for r in results if not r[2]]
+        name, item, _, remaining, reset = min(results, key=lambda r: (r[2], r[3]))
+        rate_headers = {
+            "RateLimit-Policy": ", ".join(f'"{n}";q={i.amount};w={i.get_expiry()}' for n, i, *_ in results),
+            "RateLimit": f'"{name}";r={max(remaining, 0)};t={reset}',
+        }
+        if refused:
+            state["rate_limited"] = refused[0][0]
+            return await send_error(send, 429, "RATE_LIMITED", "Too many requests; retry later",
+                                    headers={**rate_headers, "Retry-After": str(max(reset, 1))})
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [
+                    (k.lower().encode(), v.encode()) for k, v in rate_headers.items()
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _verified_claims(authorization: str | None) -> dict | None:
+    """The token's claims when it is a valid bearer token; None otherwise (then the IP counts)."""
+    if not authorization or not authorization[:7].lower() == "bearer ":
+        return None
+    try:
+        return auth.token_info(authorization[7:].strip())
+    except Exception:
+        return None

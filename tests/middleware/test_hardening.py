@@ -1,0 +1,82 @@
+"""Graceful failure: a lost database, killed connections, timeouts, CORS and security headers."""
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from middleware.errors import to_api_error
+from tests.conftest import spawn_server
+
+
+@pytest.fixture(scope="module")
+def server_without_database():
+    process, base = spawn_server("postgresql://postgres@127.0.0.1:1/nowhere", DB_CONNECT_TIMEOUT_S="2")
+    yield base
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_unreachable_database_health_200_ready_503_api_503(server_without_database, org_a):
+    base = server_without_database
+    assert httpx.get(f"{base}/health").status_code == 200
+    ready = httpx.get(f"{base}/ready", timeout=10)
+    assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+    started = time.monotonic()
+    response = httpx.get(f"{base}/patients", headers=org_a.headers, timeout=10)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert time.monotonic() - started < 5
+
+
+def test_killed_connections_cost_no_errors_afterwards(live_server, org_a, engine):
+    with httpx.Client(base_url=live_server, headers=org_a.headers, timeout=10) as http:
+        for _ in range(5):
+            assert http.get("/patients").status_code == 200
+        with engine.connect() as conn:
+            killed = conn.execute(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'clinic-api' AND pid <> pg_backend_pid() AND datname = current_database()"
+            )).scalar_one()
+        assert killed >= 1
+        # The pool pings each connection before use: the dead ones are replaced, no request fails.
+        assert [http.get("/patients").status_code for _ in range(10)] == [200] * 10
+
+
+def test_statement_timeout_is_a_503_and_lock_timeout_a_409(engine):
+    with engine.connect() as conn:
+        with pytest.raises(sa.exc.DBAPIError) as timeout:
+            conn.execute(sa.text("SET LOCAL statement_timeout = 50; SELECT pg_sleep(1)"))
+    assert to_api_error(timeout.value).code == "SERVICE_UNAVAILABLE"
+    with engine.connect() as holder, engine.connect() as waiter:
+        holder.execute(sa.text("SELECT id FROM role WHERE name = 'admin' FOR UPDATE"))
+        with pytest.raises(sa.exc.DBAPIError) as locked:
+            waiter.execute(sa.text("SET LOCAL lock_timeout = 50; SELECT id FROM role WHERE name = 'admin' FOR UPDATE"))
+    assert to_api_error(locked.value).code == "CONFLICT"
+
+
+def test_app_connections_carry_the_timeouts(engine, settings):
+    with engine.connect() as conn:
+        values = {name: conn.execute(sa.text(
+            "SELECT setting::int FROM pg_settings WHERE name = :name"), {"name": name}).scalar_one()
+            for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")}
+    assert values == {"statement_timeout": settings.db_statement_timeout_ms,
+                      "lock_timeout": settings.db_lock_timeout_ms,
+                      "idle_in_transaction_session_timeout": settings.db_idle_in_transaction_timeout_ms}
+
+
+def test_cors_is_off_by_default(client):
+    response = client.options("/patients", headers={"Origin": "https://evil.example",
+                                                    "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_cors_allows_only_listed_origins_and_never_a_wildcard(app_with):
+    client = app_with(cors_origins=("https://app.clinic.example",)).test_client()
+    allowed = client.options("/patients", headers={"Origin": "https://app.clinic.example",
+                                                   "Access-Control-Request-Method": "GET"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.clinic.example"
+    assert "access-control-allow-credentials" not in allowed.headers
+    other = client.get("/health", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers

@@ -1,0 +1,75 @@
+"""Metrics label every request by route template and real status; one JSON log line per request."""
+import json
+import logging
+import re
+import uuid
+
+from middleware.observability import JsonFormatter
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_requests_are_counted_by_template_and_status(client, org_a):
+    before = client.get("/metrics").text
+    missing = str(uuid.uuid4())
+    client.get(f"/patients/{missing}", headers=org_a.headers)  # 404 from the handler
+    client.get("/no/such/route")  # 404 from routing
+    client.put("/patients", headers=org_a.headers)  # 405 from the method check
+    client.get("/patients")  # 401 from security
+    after = client.get("/metrics").text
+    for labels in ({"method": "GET", "route": "/patients/{id}", "status": "404"},
+                   {"method": "GET", "route": "unmatched", "status": "404"},
+                   {"method": "PUT", "route": "/patients", "status": "405"},
+                   {"method": "GET", "route": "/patients", "status": "401"}):
+        assert metric_value(after, "http_requests_total", **labels) == metric_value(before, "http_requests_total", **labels) + 1, labels
+    assert missing not in after
+    assert metric_value(after, "http_request_duration_seconds_count", route="/patients/{id}") >= 1
+    assert "http_requests_in_progress" in after
+    assert 'db_pool_connections{state="checked_out"}' in after
+
+
+def test_rate_limited_and_login_failures_are_counted(app_with):
+    limited = app_with(rate_limit_enabled=True, rate_limit_default="1/minute")
+    client = limited.test_client(client=("10.9.0.1", 1))
+    before = client.get("/metrics").text
+    client.get("/patients")
+    client.get("/patients")
+    client.post("/auth/login", json={"email": "nobody@example.com", "password": "xxxxxxxx"})
+    after = client.get("/metrics").text
+    assert metric_value(after, "http_requests_total", route="/patients", status="429") >= 1
+    assert metric_value(after, "rate_limited_requests_total", policy="default") > metric_value(before, "rate_limited_requests_total", policy="default")
+
+
+def test_login_failures_metric(client):
+    before = metric_value(client.get("/metrics").text, "auth_login_failures_total")
+    client.post("/auth/login", json={"email": "nobody@example.com", "password": "xxxxxxxx"})
+    assert metric_value(client.get("/metrics").text, "auth_login_failures_total") == before + 1
+
+
+def test_one_json_line_per_request_without_secrets(client, org_a, caplog):
+    caplog.set_level(logging.INFO, logger="clinic_api.access")
+    client.get("/patients", headers={**org_a.headers, "X-Request-ID": "log-check-1"})
+    records = [r for r in caplog.records if r.name == "clinic_api.access"]
+    assert len(records) == 1
+    line = JsonFormatter().format(records[0])
+    entry = json.loads(line)
+    assert entry["request_id"] == "log-check-1" and entry["route"] == "/patients"
+    assert entry["status"] == 200 and entry["method"] == "GET" and entry["duration_ms"] >= 0
+    assert entry["user_id"] == org_a.admin_id and entry["org_id"] == org_a.org_id
+    assert org_a.access_token not in line and "Authorization" not in line
+
+
+def test_login_does_not_log_passwords_or_tokens(client, org_a, caplog):
+    caplog.set_level(logging.DEBUG)
+    response = client.post("/auth/login", json={"email": org_a.admin_email, "password": "correct horse battery"})
+    token = response.json()["data"]["access_token"]
+    text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    assert "correct horse battery" not in text and token not in text
+    assert not re.search(r"eyJ[\w-]+\.[\w-]+\.[\w-]+", text)
