@@ -1,6 +1,7 @@
 """The app factory: the spec, the middleware stack and the error handlers wired together."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -45,6 +46,7 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
     app = connexion.FlaskApp(
         __name__,
         specification_dir=str(SPEC_DIR),
+        lifespan=_close_pool_on_shutdown,
         jsonifier=Jsonifier(json, separators=(",", ":")),
     )
     app.add_api(
@@ -78,6 +80,13 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
     app.add_middleware(MethodCheck, position=position, routes=routes)
     app.add_middleware(BodySizeLimit, position=position, max_bytes=settings.max_body_bytes)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _close_pool_on_shutdown(_app):
+    """On SIGTERM the server drains in-flight requests, then the pool closes its connections."""
+    yield
+    database.current_engine().dispose()
 
 
 def _init_sentry(settings: config.Settings) -> None:

@@ -97,8 +97,8 @@ def _serve(settings, url) -> None:
             self.cfg.set("worker_class", "uvicorn_worker.UvicornWorker")
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("accesslog", None)
-            # SIGTERM: stop accepting, let in-flight requests finish (up to graceful_timeout).
-            self.cfg.set("child_exit", _forget_worker_metrics)
+            if settings.prometheus_multiproc_dir:
+                self.cfg.set("child_exit", _forget_worker_metrics)
 
         def load(self):
             # Runs in each worker after the fork: every worker gets its own connection pool.
