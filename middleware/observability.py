@@ -101,6 +101,9 @@ class Observability:
                 "request_id": state.get("request_id"),
                 "method": method,
                 "route": route,
+                # The path names the record read or changed (ids only; the query string, which
+                # may hold patient names being searched, is left out).
+                "path": scope["path"],
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 2),
                 "user_id": claims.get("sub"),

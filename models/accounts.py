@@ -180,26 +180,107 @@ def me(org_id: str, staff_id: str) -> dict:
     return {**_public(member), "roles": roles, "scopes": scopes}
 
 
-def grant_role(conn, org_id: str, staff_id: str, role_name: str) -> None:
+def grant_role(conn, org_id: str, staff_id: str, role_name: str) -> bool:
+    """Grant a role; False when it was already granted."""
     role_id = conn.execute(select(role.c.id).where(role.c.name == role_name)).scalar_one_or_none()
     if role_id is None:
         raise ApiError("VALIDATION_ERROR", f"unknown role {role_name!r}", field="role")
-    conn.execute(
+    inserted = conn.execute(
         sa.dialects.postgresql.insert(user_role)
         .values(user_id=staff_id, role_id=role_id, org_id=org_id)
         .on_conflict_do_nothing()
     )
+    return inserted.rowcount == 1
 
 
-def replace_primary_role(conn, org_id: str, staff_id: str, old_role: str, new_role: str) -> None:
-    """The staff record's ``role`` changed: its grant follows (other grants are kept)."""
-    conn.execute(
+def _revoke(conn, org_id: str, staff_id: str, role_name: str) -> bool:
+    if role_name == "admin":
+        ensure_another_admin(conn, org_id, staff_id)
+    removed = conn.execute(
         user_role.delete().where(
             user_role.c.org_id == org_id, user_role.c.user_id == staff_id,
-            user_role.c.role_id == select(role.c.id).where(role.c.name == old_role).scalar_subquery(),
+            user_role.c.role_id == select(role.c.id).where(role.c.name == role_name).scalar_subquery(),
         )
     )
-    grant_role(conn, org_id, staff_id, new_role)
+    return removed.rowcount == 1
+
+
+def ensure_another_admin(conn, org_id: str, staff_id: str) -> None:
+    """409 when ``staff_id`` is the organization's last live admin (nobody could manage it)."""
+    admin_id = select(role.c.id).where(role.c.name == "admin").scalar_subquery()
+    # Locking every admin grant of the organization serializes concurrent revocations, so two
+    # admins removing each other cannot both succeed.
+    holders = conn.execute(
+        select(user_role.c.user_id, staff.c.deleted_at.is_(None).label("live"))
+        .join(staff, (staff.c.id == user_role.c.user_id) & (staff.c.org_id == user_role.c.org_id))
+        .where(user_role.c.org_id == org_id, user_role.c.role_id == admin_id)
+        .with_for_update(of=user_role)
+    ).all()
+    holds_admin = any(user_id == staff_id for user_id, _ in holders)
+    other_live_admins = [user_id for user_id, live in holders if live and user_id != staff_id]
+    if holds_admin and not other_live_admins:
+        raise ApiError("CONFLICT", "The organization's last admin cannot be removed", field="role")
+
+
+def replace_primary_role(conn, caller, staff_id: str, old_role: str, new_role: str) -> None:
+    """The staff record's ``role`` changed: its grant follows (other grants are kept)."""
+    _revoke(conn, caller.org_id, staff_id, old_role)
+    grant_role(conn, caller.org_id, staff_id, new_role)
+
+
+def _live_member(conn, org_id: str, staff_id: str):
+    member = conn.execute(
+        select(staff.c.id).where(staff.c.id == staff_id, staff.c.org_id == org_id, staff.c.deleted_at.is_(None))
+        .with_for_update()
+    ).first()
+    if member is None:
+        raise ApiError("NOT_FOUND", "staff not found")
+
+
+def list_roles() -> dict:
+    with current_engine().connect() as conn:
+        rows = conn.execute(select(role.c.id, role.c.name, role.c.description, role.c.scopes)
+                            .order_by(role.c.name)).mappings().all()
+    return {"roles": [dict(r) for r in rows], "total": len(rows)}
+
+
+def staff_roles(caller, staff_id: str) -> dict:
+    """The roles of a live staff member of the caller's organization."""
+    with current_engine().begin() as conn:
+        _live_member(conn, caller.org_id, staff_id)
+        return _roles_of(conn, caller.org_id, staff_id)
+
+
+def _roles_of(conn, org_id: str, staff_id: str) -> dict:
+    roles, scopes = grants(conn, org_id, staff_id)
+    return {"staff_id": staff_id, "roles": roles, "scopes": scopes}
+
+
+def grant(caller, staff_id: str, role_name: str) -> dict:
+    """Grant a role the caller could exercise themselves; audited."""
+    with current_engine().begin() as conn:
+        _live_member(conn, caller.org_id, staff_id)
+        granted_scopes = conn.execute(select(role.c.scopes).where(role.c.name == role_name)).scalar_one()
+        missing = set(granted_scopes) - caller.scopes
+        if missing:
+            raise ApiError("INSUFFICIENT_SCOPE", f"You cannot grant scopes you do not hold: {', '.join(sorted(missing))}")
+        before = _roles_of(conn, caller.org_id, staff_id)
+        if grant_role(conn, caller.org_id, staff_id, role_name):
+            after = _roles_of(conn, caller.org_id, staff_id)
+            audit.record_for(conn, caller, "grant_role", "staff", staff_id, before=before, after=after)
+            return after
+        return before
+
+
+def revoke(caller, staff_id: str, role_name: str) -> None:
+    """Revoke a role; the organization always keeps one admin; audited."""
+    with current_engine().begin() as conn:
+        _live_member(conn, caller.org_id, staff_id)
+        before = _roles_of(conn, caller.org_id, staff_id)
+        if not _revoke(conn, caller.org_id, staff_id, role_name):
+            raise ApiError("NOT_FOUND", f"the staff member does not hold the role {role_name}")
+        after = _roles_of(conn, caller.org_id, staff_id)
+        audit.record_for(conn, caller, "revoke_role", "staff", staff_id, before=before, after=after)
 
 
 def create_organization(*, name: str, branch_name: str, admin_email: str, admin_password: str,

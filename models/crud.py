@@ -84,7 +84,10 @@ class Resource:
 def scoped(table: Table, org_id: str, *, alias=None) -> list:
     """The conditions every statement on a tenant table carries: this org, live rows only."""
     t = alias if alias is not None else table
-    return [t.c.org_id == org_id, t.c.deleted_at.is_(None)]
+    conditions = [t.c.org_id == org_id]
+    if "deleted_at" in t.c:  # the audit trail has no soft delete: it is append-only
+        conditions.append(t.c.deleted_at.is_(None))
+    return conditions
 
 
 def equals(column: str) -> Callable[[Table, Any], Any]:

@@ -96,10 +96,11 @@ def _staff_before_update(conn, caller, values, before):
 
 def _staff_after_update(conn, caller, before, after):
     if after["role"] != before["role"]:
-        accounts.replace_primary_role(conn, caller.org_id, after["id"], before["role"], after["role"])
+        accounts.replace_primary_role(conn, caller, after["id"], before["role"], after["role"])
 
 
 def _staff_after_delete(conn, caller, before):
+    accounts.ensure_another_admin(conn, caller.org_id, before["id"])
     accounts.revoke_sessions_of(conn, caller.org_id, before["id"])
 
 
@@ -296,4 +297,11 @@ FINANCIAL_REPORTS = Resource(
     name="financial_report", plural="reports", table=t.financial_report,
     filters={"type": equals("type"), "period": equals("period"),
              "period_from": at_or_after("period"), "period_to": before("period")},
+)
+
+AUDIT_LOGS = Resource(
+    name="audit_log", plural="audit_logs", table=t.audit_log,
+    filters={"resource": equals("resource"), "resource_id": equals("resource_id"),
+             "user_id": equals("user_id"), "action": equals("action"),
+             "from": at_or_after("created_at"), "to": before("created_at")},
 )
