@@ -38,3 +38,18 @@ lint: $(STAMP) ## Validate the OpenAPI spec
 clean: ## Remove the virtualenv, caches and the local data folder (embedded database included)
 	rm -rf $(VENV) .local .pytest_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# wrk from Debian's package when missing (CI runs as root); if that fails, bench/run.py falls back to
+# its Python load generator and says so in its output.
+BENCH_WRK = command -v wrk >/dev/null 2>&1 || { echo "wrk not found: installing Debian's wrk package"; \
+	{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } >/dev/null 2>&1 \
+	|| echo "wrk could not be installed: falling back to the Python load generator (bench/loadgen.py)"; }
+
+.PHONY: bench bench-smoke
+bench: $(STAMP) ## Benchmark the API against a bare Flask+psycopg2 baseline with wrk (1M patients; bench/README.md)
+	@$(BENCH_WRK)
+	$(BIN)/python bench/run.py
+
+bench-smoke: $(STAMP) ## The same benchmark at 10,000 patients and 3 s per scenario (about a minute)
+	@$(BENCH_WRK)
+	BENCH_PATIENTS=10000 BENCH_DURATION=3 $(BIN)/python bench/run.py

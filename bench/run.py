@@ -1,0 +1,607 @@
+"""``make bench`` / ``make bench-smoke``: load-test the API next to a bare baseline, in one run.
+
+1. A fresh bench database (BENCH_DATABASE_URL, else the DATABASE_URL server's ``clinic_bench``,
+   else the embedded PostgreSQL in .local/bench), migrated and seeded in SQL (seed.py).
+2. The API served the production way (``clinic-api serve``) and the baseline (baseline.py) under
+   gunicorn, both one worker per core.
+3. SQL statements and database round trips per request, counted on an in-process app instance
+   (SQLAlchemy event + the wirecount.py proxy).
+4. wrk (or loadgen.py when wrk is missing) on every scenario of scenarios.py, then one table,
+   also written to bench/results/<timestamp>.json and bench/results/latest.json.
+
+It reports; it never fails on a missed target. See bench/README.md.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH_DIR))
+
+import warnings  # noqa: E402
+
+import seed as seeding  # noqa: E402
+from scenarios import Context, Scenario, scenarios  # noqa: E402
+
+# Library noise (platformdirs without XDG_RUNTIME_DIR, starlette's test client) is not a result.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
+
+RESULTS = BENCH_DIR / "results"
+BIN = Path(sys.executable).parent  # .venv/bin: clinic-api and gunicorn live next to python
+# One thread per gthread worker: measured fastest for these sub-millisecond queries (2 workers on 2
+# cores: ~2,200 req/s at 1 thread, ~1,600 at 2, ~1,000 at 4 and 8: GIL contention), and unlike the
+# sync worker it keeps connections alive, as the API's uvicorn workers do.
+BASELINE_THREADS = int(os.environ.get("BENCH_BASELINE_THREADS") or 1)
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.strip() else default
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Options:
+    patients: int
+    duration: int
+    connections: int
+    threads: int
+    warmup: int
+    samples: int
+    workers: int
+    loadgen: str  # "wrk" or "python"
+
+    @classmethod
+    def from_env(cls) -> "Options":
+        duration = _int_env("BENCH_DURATION", 20)
+        wanted = os.environ.get("BENCH_LOADGEN", "").strip().lower()
+        loadgen = "python" if wanted == "python" or not shutil.which("wrk") else "wrk"
+        return cls(
+            patients=_int_env("BENCH_PATIENTS", 1_000_000),
+            duration=duration,
+            connections=_int_env("BENCH_CONNECTIONS", 32),
+            threads=_int_env("BENCH_THREADS", 2),
+            warmup=_int_env("BENCH_WARMUP", 2 if duration >= 10 else 1),
+            samples=_int_env("BENCH_SQL_SAMPLES", 50),
+            workers=_int_env("BENCH_WORKERS", _cores()),
+            loadgen=loadgen,
+        )
+
+
+# --- database -------------------------------------------------------------------------------------
+
+def prepare_database() -> tuple[str, str]:
+    """A freshly created and migrated bench database; returns its URL and where it lives."""
+    from models import database
+
+    if os.environ.get("BENCH_DATABASE_URL"):
+        url, where = os.environ["BENCH_DATABASE_URL"], "BENCH_DATABASE_URL"
+    elif os.environ.get("DATABASE_URL"):
+        # Same server, but never the application's own database: the bench one is dropped.
+        url = database.with_database(os.environ["DATABASE_URL"], "clinic_bench")
+        where = "DATABASE_URL server, database clinic_bench"
+    else:
+        url = database.start_embedded(ROOT / ".local" / "bench", database="clinic_bench")
+        where = "embedded PostgreSQL in .local/bench"
+    name = urlsplit(url).path.lstrip("/")
+    if name in ("", "postgres", "template0", "template1"):
+        raise SystemExit(f"refusing to drop and recreate database {name!r}: name a bench database")
+    admin_url = database.with_database(url, "postgres")
+    database.drop_database(admin_url, name)
+    database.ensure_database(admin_url, name)
+    database.migrate(url)
+    return url, where
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+# --- processes --------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, name: str, command: list[str], env: dict, port: int, workers: int):
+        self.name, self.port, self.workers = name, port, workers
+        self.base = f"http://127.0.0.1:{port}"
+        (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
+        self.log_path = RESULTS / "logs" / f"{name}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 90) -> float:
+        import httpx
+
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                healthy = httpx.get(self.base + "/health", timeout=2).status_code == 200
+                # All workers forked, not just the first one answering (the warm-up loads the rest).
+                if healthy and len(self.worker_pids()) >= self.workers:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name} did not answer /health within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def worker_pids(self) -> list[int]:
+        """Children of the gunicorn master (the process started here)."""
+        children = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == self.proc.pid:
+                children.append(int(entry.name))
+        return sorted(children)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the workers have used so far."""
+        total = 0
+        for pid in self.worker_pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def worker_memory(self) -> list[dict]:
+        result = []
+        for pid in self.worker_pids():
+            values = {}
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    key, _, rest = line.partition(":")
+                    if key in ("VmRSS", "VmHWM"):
+                        values[key] = int(rest.split()[0]) / 1024  # kB -> MB
+            except OSError:
+                continue
+            result.append({"pid": pid, "rss_mb": round(values.get("VmRSS", 0), 1),
+                           "peak_rss_mb": round(values.get("VmHWM", 0), 1)})
+        return result
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM to the master (gunicorn's graceful stop), SIGKILL to the group if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=35)
+            except subprocess.TimeoutExpired:
+                log(f"  {self.name} ignored SIGTERM for 35s; killing it")
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+def start_api(url: str, opts: Options, secret: str) -> Server:
+    port = free_port()
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": url, "APP_ENV": "production", "JWT_SECRET": secret, "HOST": "127.0.0.1",
+        "PORT": str(port), "RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING",
+        "WEB_CONCURRENCY": str(opts.workers),
+    })
+    return Server("api", [str(BIN / "clinic-api"), "serve"], env, port, opts.workers)
+
+
+def start_baseline(url: str, opts: Options, org_id: str) -> Server:
+    port = free_port()
+    env = dict(os.environ)
+    env.update({"BASELINE_DATABASE_URL": url, "BASELINE_ORG_ID": org_id,
+                "BASELINE_POOL_SIZE": str(BASELINE_THREADS)})
+    command = [
+        str(BIN / "gunicorn"), "--chdir", str(BENCH_DIR), "--bind", f"127.0.0.1:{port}",
+        "--workers", str(opts.workers), "--worker-class", "gthread",
+        "--threads", str(BASELINE_THREADS), "--keep-alive", "5", "--log-level", "warning",
+        "--graceful-timeout", "10", "baseline:create_app()",
+    ]
+    return Server("baseline", command, env, port, opts.workers)
+
+
+def login(base: str, email: str, password: str) -> str:
+    import httpx
+
+    answer = httpx.post(base + "/auth/login", json={"email": email, "password": password}, timeout=30)
+    if answer.status_code != 200:
+        raise RuntimeError(f"login failed: {answer.status_code} {answer.text[:300]}")
+    return answer.json()["data"]["access_token"]
+
+
+# --- statements per request ---------------------------------------------------------------------------
+
+def _proxied_url(url: str, port: int) -> str:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    query = {k: v for k, v in parsed.query.items() if k not in ("host", "port", "sslmode", "gssencmode")}
+    query.update({"sslmode": "disable", "gssencmode": "disable"})
+    return parsed.set(drivername="postgresql", host="127.0.0.1", port=port,
+                      query=query).render_as_string(hide_password=False)
+
+
+def count_statements(url: str, api_env: dict, token: str, seeded, contexts: dict[str, Context],
+                     chosen: list[Scenario], samples: int) -> dict:
+    """Run ``samples`` sequential requests per scenario on an in-process app; count per request:
+
+    - statements: what SQLAlchemy executes (``before_cursor_execute``), the headline figure;
+    - round trips: every query message the driver sends (wirecount.py proxy), which adds the
+      pool's pre-ping, BEGIN, COMMIT/ROLLBACK.
+    The baseline is counted the same way (round trips = statements: it runs in autocommit).
+    """
+    import itertools
+    import random
+
+    import psycopg2
+    import sqlalchemy as sa
+
+    import baseline
+    import config
+    from app import create_app
+    from models import database
+    from wirecount import WireCounter
+
+    counter, app_url = None, url
+    try:
+        counter = WireCounter(url)
+        app_url = _proxied_url(url, counter.port)
+        psycopg2.connect(app_url, connect_timeout=3).close()
+    except Exception as exc:  # e.g. a server that insists on TLS: statements only
+        log(f"  wire counter unavailable ({exc.__class__.__name__}: {exc}); round trips not counted")
+        if counter:
+            counter.close()
+        counter, app_url = None, url
+
+    settings = config.load(api_env)
+    app = create_app(settings, database_url=app_url)
+    engine = database.current_engine()
+    executed: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *rest: executed.append(statement))
+    base_app = baseline.create_app(dsn=app_url, org_id=seeded.org_id)
+    api_headers = {"Authorization": f"Bearer {token}"}
+    results: dict = {}
+    try:
+        with app.test_client() as client, base_app.test_client() as base_client:
+            def call(target, request):
+                method, path, body = request
+                if target == "api":
+                    headers = dict(api_headers)
+                    if body is not None:
+                        headers["Content-Type"] = "application/json"
+                    answer = client.request(method, path, content=body, headers=headers)
+                    return answer.status_code, answer.text
+                answer = base_client.open(path, method=method, data=body,
+                                          content_type="application/json" if body else None)
+                return answer.status_code, answer.get_data(as_text=True)
+
+            for scenario in chosen:
+                ctx = contexts[scenario.name]
+                for target in ("api", "baseline") if scenario.baseline else ("api",):
+                    rng, seq = random.Random(7), itertools.count(1)
+                    for _ in range(3):  # pool connected, dialect initialised, caches warm
+                        call(target, scenario.build(ctx, rng, seq))
+                    statements_before = len(executed)
+                    trips_before = counter.count() if counter else 0
+                    failures, sample_error = 0, ""
+                    last_statements = 0
+                    for i in range(samples):
+                        if i == samples - 1:  # the last request's statements are kept as a sample
+                            if counter:
+                                counter.take_recent()
+                            last_statements = len(executed)
+                        status, text = call(target, scenario.build(ctx, rng, seq))
+                        if status >= 300:
+                            failures += 1
+                            sample_error = sample_error or f"{status} {text[:300]}"
+                    trips = (counter.count() - trips_before) / samples if counter else None
+                    entry = {
+                        "round_trips": round(trips, 2) if trips is not None else None,
+                        "statements": round((len(executed) - statements_before) / samples, 2),
+                        "failures": failures,
+                        "wire_sample": counter.take_recent() if counter else [],
+                    }
+                    if target == "api":
+                        entry["sql_sample"] = [" ".join(s.split()) for s in executed[last_statements:]]
+                    else:
+                        entry["statements"] = entry["round_trips"]  # autocommit: one message each
+                    if failures:
+                        entry["error_sample"] = sample_error
+                        log(f"  {scenario.name}/{target}: {failures}/{samples} requests failed: {sample_error}")
+                    results[f"{scenario.name}/{target}"] = entry
+    finally:
+        engine.dispose()
+        if counter:
+            counter.close()
+    return results
+
+
+# --- load ------------------------------------------------------------------------------------------------
+
+def load_env(scenario: Scenario, ctx: Context, token: str, ids_file: Path) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "BENCH_LUA_DIR": str(BENCH_DIR / "lua"), "BENCH_TOKEN": token, "BENCH_IDS_FILE": str(ids_file),
+        "BENCH_BRANCH_ID": ctx.branch_id, "BENCH_TERM": scenario.term or "",
+        "BENCH_MAX_PAGE": str(ctx.max_page),
+    })
+    return env
+
+
+def run_load(opts: Options, scenario: Scenario, base: str, env: dict, duration: int) -> dict:
+    if opts.loadgen == "wrk":
+        command = ["wrk", f"-t{opts.threads}", f"-c{opts.connections}", f"-d{duration}s",
+                   "--timeout", "10s", "--latency", "-s", str(BENCH_DIR / "lua" / scenario.script), base]
+    else:
+        command = [sys.executable, str(BENCH_DIR / "loadgen.py"), "--url", base,
+                   "--scenario", scenario.name, "-c", str(opts.connections), "-d", str(duration)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration + 120)
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            raw = json.loads(line[len("BENCH_RESULT "):])
+            break
+    else:
+        raise RuntimeError(f"{command[0]} printed no result (exit {done.returncode}):\n"
+                           f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    seconds = raw["duration_us"] / 1e6 or 1
+    errors = (raw["status_errors"] + raw["connect_errors"] + raw["read_errors"]
+              + raw["write_errors"] + raw["timeouts"])
+    return {
+        "requests": raw["requests"], "seconds": round(seconds, 2),
+        "rps": round(raw["requests"] / seconds, 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 2), "p90_ms": round(raw["p90_us"] / 1000, 2),
+        "p99_ms": round(raw["p99_us"] / 1000, 2), "mean_ms": round(raw["mean_us"] / 1000, 2),
+        "max_ms": round(raw["max_us"] / 1000, 2), "errors": errors,
+        "status_errors": raw["status_errors"], "socket_errors": errors - raw["status_errors"],
+        "first_error": raw.get("first_error") or None,
+    }
+
+
+# --- report ---------------------------------------------------------------------------------------------
+
+def evaluate(rows: list[dict], sql: dict, api_memory: list[dict]) -> list[dict]:
+    """The targets the project wants to reach; reported, never enforced."""
+    def row(name, target="api"):
+        return next((r for r in rows if r["scenario"] == name and r["target"] == target), None)
+
+    goals = []
+
+    def goal(scenario, text, value, passed):
+        goals.append({"scenario": scenario, "goal": text, "value": value,
+                      "result": "n/a" if passed is None else ("PASS" if passed else "FAIL")})
+
+    get, create = row("get_patient"), row("create_patient")
+    if get:
+        ok = get["ratio"] is not None and get["ratio"] >= 0.7 and get["p99_ms"] < 50
+        goal("get_patient", ">= 0.7x baseline req/s and p99 < 50 ms",
+             f"{get['ratio']}x, p99 {get['p99_ms']} ms", ok if get["ratio"] is not None else None)
+    if create:
+        goal("create_patient", ">= 0.6x baseline req/s", f"{create['ratio']}x",
+             None if create["ratio"] is None else create["ratio"] >= 0.6)
+    listing = row("list_patients")
+    if listing:
+        goal("list_patients", "p50 < 20 ms and >= 300 req/s",
+             f"p50 {listing['p50_ms']} ms, {listing['rps']} req/s",
+             listing["p50_ms"] < 20 and listing["rps"] >= 300)
+    search = row("search_common")
+    if search:
+        goal("search_common", "p50 < 30 ms", f"p50 {search['p50_ms']} ms", search["p50_ms"] < 30)
+    embeds = sql.get("list_appointments/api")
+    if embeds:
+        goal("list_appointments", "<= 4 SQL statements per request",
+             f"{embeds['statements']} statements", embeds["statements"] <= 4)
+    if api_memory:
+        worst = max(m["rss_mb"] for m in api_memory)
+        goal("rss", "RSS per API worker < 200 MB", f"max {worst} MB", worst < 200)
+    return goals
+
+
+def print_table(rows: list[dict], goals: list[dict]) -> None:
+    verdict = {g["scenario"]: g["result"] for g in goals}
+    header = (f"{'scenario':<28} {'target':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+              f"{'api/base':>8} {'cpu ms/req':>10} {'stmts/req':>9} {'trips/req':>9}  goal")
+    log(header)
+    log("-" * len(header))
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+        stmts = "-" if r["statements"] is None else f"{r['statements']:g}"
+        trips = "-" if r["round_trips"] is None else f"{r['round_trips']:g}"
+        cpu = "-" if r.get("cpu_ms_per_req") is None else f"{r['cpu_ms_per_req']:.2f}"
+        mark = verdict.get(r["scenario"], "") if r["target"] == "api" else ""
+        log(f"{r['label']:<28} {r['target']:<8} {r['rps']:>8.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['errors']:>7} {ratio:>8} {cpu:>10} {stmts:>9} {trips:>9}  {mark}")
+
+
+def main() -> int:
+    opts = Options.from_env()
+    began = time.monotonic()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    wrk_version = None
+    if opts.loadgen == "wrk":
+        probe = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+        wrk_version = (probe.stdout or probe.stderr).splitlines()[0].split(" [")[0] if (probe.stdout or probe.stderr) else "wrk"
+        loadgen_text = f"{wrk_version} -t{opts.threads} -c{opts.connections}"
+    else:
+        loadgen_text = (f"FALLBACK: Python load generator bench/loadgen.py, -c{opts.connections} "
+                        "(wrk is not installed; figures are a floor, not the server's ceiling)")
+    log(f"clinic-api bench: {opts.patients:,} patients, {opts.duration}s per scenario "
+        f"(+{opts.warmup}s warm-up), {opts.workers} worker(s) per server, {_cores()} core(s), "
+        f"load average {os.getloadavg()[0]:.2f}")
+    log(f"load generator: {loadgen_text}")
+
+    # 1-2. database and data
+    started = time.monotonic()
+    url, where = prepare_database()
+    log(f"database: {where} ({_redact(url)}), migrated in {time.monotonic() - started:.1f}s")
+    started = time.monotonic()
+    seeded = seeding.seed(url, patients=opts.patients, log=log)
+    seed_seconds = round(time.monotonic() - started, 1)
+    log(f"seeded {seeded.patients:,} patients and {seeded.appointments:,} appointments "
+        f"over {seeding.ORGS} organizations in {seed_seconds}s")
+    ids = seeding.sample_patient_ids(url, seeded.org_id)
+    ids_file = RESULTS / "patient_ids.txt"
+    ids_file.write_text("\n".join(ids) + "\n")
+    common, rare = seeding.COMMON_TERM, seeding.RARE_SURNAME
+    matches = {common: seeding.count_matches(url, seeded.org_id, common),
+               rare: seeding.count_matches(url, seeded.org_id, rare)}
+    per_org = seeded.patients // seeding.ORGS
+    log(f"benchmarked organization: {per_org:,} patients, {seeded.appointments // seeding.ORGS:,} "
+        f"appointments; search '{common}' matches {matches[common]:,}, '{rare}' matches {matches[rare]}")
+
+    chosen = scenarios(common, rare)
+    contexts = {}
+    for scenario in chosen:
+        rows_per_org = {"patient": per_org, "appointment": seeded.appointments // seeding.ORGS}
+        pages = max(1, min(50, rows_per_org.get(scenario.pages_of, 1000) // 20))
+        contexts[scenario.name] = Context(ids=ids, branch_id=seeded.branch_id, max_page=pages,
+                                          term=scenario.term or "")
+
+    # 3-4. servers
+    secret = secrets.token_urlsafe(36)  # 48 characters
+    api = start_api(url, opts, secret)
+    base = start_baseline(url, opts, seeded.org_id)
+    rows: list[dict] = []
+    api_memory: list[dict] = []
+    base_memory: list[dict] = []
+    sql: dict = {}
+    try:
+        api_ready, base_ready = api.wait_ready(), base.wait_ready()
+        log(f"api on {api.base} (workers {api.worker_pids()}, ready in {api_ready:.1f}s); "
+            f"baseline on {base.base} (workers {base.worker_pids()}, ready in {base_ready:.1f}s)")
+        token = login(api.base, seeded.admin_email, seeded.password)
+
+        # Same answer shape from both servers?
+        import httpx
+
+        one = ids[0]
+        api_keys = sorted(httpx.get(f"{api.base}/patients/{one}", timeout=10,
+                                    headers={"Authorization": f"Bearer {token}"}).json()["data"])
+        base_keys = sorted(httpx.get(f"{base.base}/patients/{one}", timeout=10).json()["data"])
+        if api_keys != base_keys:
+            log(f"  warning: api and baseline answer different fields: {api_keys} vs {base_keys}")
+
+        # 6. statements per request, before the load (it doubles as a functional check)
+        started = time.monotonic()
+        api_env = dict(os.environ, DATABASE_URL=url, APP_ENV="production", JWT_SECRET=secret,
+                       RATE_LIMIT_ENABLED="false", LOG_LEVEL="WARNING")
+        sql = count_statements(url, api_env, token, seeded, contexts, chosen, opts.samples)
+        log(f"counted SQL per request over {opts.samples} in-process requests per scenario "
+            f"in {time.monotonic() - started:.1f}s")
+
+        # 5. load
+        for scenario in chosen:
+            for server in (api, base) if scenario.baseline else (api,):
+                env = load_env(scenario, contexts[scenario.name],
+                               token if server is api else "", ids_file)
+                if opts.warmup:
+                    run_load(opts, scenario, server.base, env, opts.warmup)
+                cpu_before = server.cpu_seconds()
+                result = run_load(opts, scenario, server.base, env, opts.duration)
+                cpu = server.cpu_seconds() - cpu_before
+                # Server CPU per request: less sensitive than req/s to whatever else runs.
+                result["cpu_ms_per_req"] = round(cpu * 1000 / result["requests"], 2) if result["requests"] else None
+                counted = sql.get(f"{scenario.name}/{server.name}", {})
+                rows.append({"scenario": scenario.name, "label": scenario.label, "target": server.name,
+                             **result, "ratio": None, "statements": counted.get("statements"),
+                             "round_trips": counted.get("round_trips")})
+                log(f"  {scenario.label:<28} {server.name:<8} {result['rps']:>8.1f} req/s  "
+                    f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  errors {result['errors']}  "
+                    f"load {os.getloadavg()[0]:.1f}"
+                    + (f"  first error: {result['first_error'][:160]}" if result["first_error"] else ""))
+        api_memory, base_memory = api.worker_memory(), base.worker_memory()
+    finally:
+        api.stop()
+        base.stop()
+
+    for r in rows:
+        if r["target"] == "api":
+            other = next((b for b in rows if b["scenario"] == r["scenario"] and b["target"] == "baseline"), None)
+            if other and other["rps"]:
+                r["ratio"] = round(r["rps"] / other["rps"], 2)
+    goals = evaluate(rows, sql, api_memory)
+
+    log()
+    print_table(rows, goals)
+    log()
+    log("RSS per API worker after the run: " + ", ".join(
+        f"pid {m['pid']} {m['rss_mb']} MB (peak {m['peak_rss_mb']})" for m in api_memory))
+    log("RSS per baseline worker:          " + ", ".join(
+        f"pid {m['pid']} {m['rss_mb']} MB (peak {m['peak_rss_mb']})" for m in base_memory))
+    log("targets (reported, not enforced):")
+    for g in goals:
+        log(f"  {g['result']:<4} {g['scenario']:<18} {g['goal']:<42} {g['value']}")
+
+    report = {
+        "timestamp": stamp,
+        "config": {**asdict(opts), "cores": _cores(), "load_generator": loadgen_text,
+                   "wrk_version": wrk_version, "database": where, "python": platform.python_version(),
+                   "load_average_at_start": os.getloadavg()[0],
+                   "baseline": f"gunicorn gthread, {opts.workers} worker(s) x {BASELINE_THREADS} threads"},
+        "seed": {"patients": seeded.patients, "appointments": seeded.appointments,
+                 "organizations": seeding.ORGS, "seconds": seed_seconds, "steps": seeded.timings,
+                 "search_matches_in_org": matches},
+        "results": rows,
+        "sql_per_request": sql,
+        "rss": {"api_workers": api_memory, "baseline_workers": base_memory},
+        "targets": goals,
+        "elapsed_seconds": round(time.monotonic() - began, 1),
+    }
+    text = json.dumps(report, indent=2, default=str)
+    (RESULTS / f"{stamp}.json").write_text(text)
+    (RESULTS / "latest.json").write_text(text)
+    log(f"\nwritten bench/results/{stamp}.json and bench/results/latest.json "
+        f"(total {report['elapsed_seconds']}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
