@@ -36,6 +36,7 @@ class SnakeCaseResolver(Resolver):
 def create_app(settings: config.Settings | None = None, *, database_url: str | None = None) -> connexion.FlaskApp:
     """Build the ASGI application. The database URL defaults to the configured or embedded one."""
     settings = settings or config.load()
+    config.use(settings)
     auth.configure(settings)
     observability.configure_logging(settings.log_level)
     observability.configure(settings)

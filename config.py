@@ -80,6 +80,9 @@ class Settings:
     demo_admin_password: str = ""
     admin_password: str = ""
     prometheus_multiproc_dir: str = ""
+    require_if_match: bool = False
+    appointment_default_minutes: int = 30
+    idempotency_ttl_hours: int = 24
     sentry_dsn: str = ""
 
     @property
@@ -136,6 +139,9 @@ def load(env=None, *, serving: bool = True) -> Settings:
         demo_admin_password=env.get("DEMO_ADMIN_PASSWORD", ""),
         admin_password=env.get("ADMIN_PASSWORD", ""),
         prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", ""),
+        require_if_match=_bool("REQUIRE_IF_MATCH", defaults.require_if_match, env),
+        appointment_default_minutes=_int("APPOINTMENT_DEFAULT_MINUTES", defaults.appointment_default_minutes, env),
+        idempotency_ttl_hours=_int("IDEMPOTENCY_TTL_HOURS", defaults.idempotency_ttl_hours, env),
         sentry_dsn=env.get("SENTRY_DSN", ""),
     )
     if settings.is_development and not settings.jwt_secret:
@@ -155,6 +161,22 @@ def _local_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+_current: Settings | None = None
+
+
+def use(settings: Settings) -> None:
+    """Make ``settings`` the running app's (the app factory calls this once)."""
+    global _current
+    _current = settings
+
+
+def current() -> Settings:
+    """The running app's settings."""
+    if _current is None:
+        raise RuntimeError("no settings installed; create the app first")
+    return _current
+
+
 def check(settings: Settings, *, serving: bool = True) -> None:
     """Refuse to start with settings that would be unsafe or meaningless."""
     if serving and not settings.is_development and len(settings.jwt_secret) < 32:
@@ -163,6 +185,8 @@ def check(settings: Settings, *, serving: bool = True) -> None:
         )
     if not 4 <= settings.bcrypt_rounds <= 31:
         raise ConfigError("BCRYPT_ROUNDS must be between 4 and 31")
+    if not 1 <= settings.appointment_default_minutes <= 1440:
+        raise ConfigError("APPOINTMENT_DEFAULT_MINUTES must be between 1 and 1440")
     if settings.access_token_ttl_s <= 0 or settings.refresh_token_ttl_s <= 0:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS and REFRESH_TOKEN_TTL_SECONDS must be positive")
 

@@ -1,21 +1,51 @@
 """Operation handlers. Each module binds one resource's operationIds; the engine does the work."""
 from __future__ import annotations
 
+import flask
+
 from middleware.tenancy import check_org, current_caller
 from models import crud
 from models.crud import Resource
+from models.idempotency import IdempotentRequest
 
 # Context values connexion passes to handlers that take **kwargs; they are not query filters.
 _CONTEXT_KEYS = ("user", "token_info", "org_id")
 
 
-def ok(data, status: int = 200):
+def ok(data, status: int = 200, headers: dict | None = None):
     """The success envelope."""
-    return {"success": True, "data": data, "error": None}, status
+    return {"success": True, "data": data, "error": None}, status, headers or {}
 
 
 def no_content():
     return None, 204
+
+
+def one(row: dict, status: int = 200):
+    """A single resource, with its ETag; 304 when the client already holds this version."""
+    tag = crud.etag(row)
+    if status == 200 and flask.request.method == "GET" and crud.matches(flask.request.headers.get("If-None-Match"), tag):
+        return None, 304, {"ETag": tag}
+    return ok(row, status, {"ETag": tag})
+
+
+def if_match() -> str | None:
+    return flask.request.headers.get("If-Match")
+
+
+def idempotent_request(body) -> IdempotentRequest | None:
+    request = flask.request
+    return IdempotentRequest.of(request.headers.get("Idempotency-Key"), request.method, request.path, body)
+
+
+def created(resource: Resource, body: dict, *, parent_id: str | None = None):
+    """Create a row (once per Idempotency-Key) and answer 201 with its ETag."""
+    idempotency = idempotent_request(body)
+    row = crud.create_row(resource, current_caller(), body, parent_id=parent_id, idempotency=idempotency)
+    envelope, status, headers = one(row, 201)
+    if idempotency is not None and idempotency.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return envelope, status, headers
 
 
 def crud_operations(resource: Resource) -> tuple:
@@ -33,19 +63,19 @@ def crud_operations(resource: Resource) -> tuple:
 
     def get(id_: str, embed=None):
         """One live row of the caller's organization."""
-        return ok(crud.get_row(resource, current_caller(), id_, embed=embed))
+        return one(crud.get_row(resource, current_caller(), id_, embed=embed))
 
     def create(body: dict):
         """Create a row in the caller's organization."""
-        return ok(crud.create_row(resource, current_caller(), body), 201)
+        return created(resource, body)
 
     def update(id_: str, body: dict):
         """Change the fields sent."""
-        return ok(crud.update_row(resource, current_caller(), id_, body))
+        return one(crud.update_row(resource, current_caller(), id_, body, if_match=if_match()))
 
     def delete(id_: str):
         """Soft-delete a row."""
-        crud.delete_row(resource, current_caller(), id_)
+        crud.delete_row(resource, current_caller(), id_, if_match=if_match())
         return no_content()
 
     return list_, get, create, update, delete

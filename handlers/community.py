@@ -1,5 +1,5 @@
 """The staff community board: posts and likes."""
-from handlers import crud_operations, ok
+from handlers import crud_operations, one
 from middleware.tenancy import current_caller
 from models import crud
 from models.resources import COMMUNITY_POSTS
@@ -11,4 +11,4 @@ from models.resources import COMMUNITY_POSTS
 def like_community_post(id_: str):
     """Add one like, atomically (concurrent likes are never lost)."""
     likes = COMMUNITY_POSTS.table.c.likes
-    return ok(crud.change_row(COMMUNITY_POSTS, current_caller(), id_, {"likes": likes + 1}, action="like"))
+    return one(crud.change_row(COMMUNITY_POSTS, current_caller(), id_, {"likes": likes + 1}, action="like"))

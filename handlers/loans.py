@@ -1,5 +1,5 @@
 """Loans and their payments. Recording a payment lowers the loan's balance (see LOAN_PAYMENTS)."""
-from handlers import crud_operations, no_content, ok
+from handlers import created, crud_operations, if_match, no_content, ok, one
 from middleware.tenancy import current_caller
 from models import crud
 from models.resources import LOAN_PAYMENTS, LOANS
@@ -14,20 +14,21 @@ def list_loan_payments(id_: str, page: int = 1, page_size: int = 20):
 
 def create_loan_payment(id_: str, body: dict):
     """Record a payment against a loan."""
-    return ok(crud.create_row(LOAN_PAYMENTS, current_caller(), body, parent_id=id_), 201)
+    return created(LOAN_PAYMENTS, body, parent_id=id_)
 
 
 def get_loan_payment(id_: str, payment_id: str):
     """One payment of a loan."""
-    return ok(crud.get_row(LOAN_PAYMENTS, current_caller(), payment_id, parent_id=id_))
+    return one(crud.get_row(LOAN_PAYMENTS, current_caller(), payment_id, parent_id=id_))
 
 
 def update_loan_payment(id_: str, payment_id: str, body: dict):
     """Correct a payment; the balance moves by the difference."""
-    return ok(crud.update_row(LOAN_PAYMENTS, current_caller(), payment_id, body, parent_id=id_))
+    return one(crud.update_row(LOAN_PAYMENTS, current_caller(), payment_id, body, parent_id=id_,
+                               if_match=if_match()))
 
 
 def delete_loan_payment(id_: str, payment_id: str):
     """Remove a payment; its amount goes back onto the balance."""
-    crud.delete_row(LOAN_PAYMENTS, current_caller(), payment_id, parent_id=id_)
+    crud.delete_row(LOAN_PAYMENTS, current_caller(), payment_id, parent_id=id_, if_match=if_match())
     return no_content()

@@ -32,10 +32,13 @@ ERRORS: dict[str, ErrorKind] = {
     "NOT_FOUND": ErrorKind(404, "The resource does not exist"),
     "METHOD_NOT_ALLOWED": ErrorKind(405, "The method is not allowed on this resource"),
     "CONFLICT": ErrorKind(409, "The request conflicts with the current state of the resource"),
+    "PRECONDITION_FAILED": ErrorKind(412, "The resource changed since it was read (If-Match)"),
     "PAYLOAD_TOO_LARGE": ErrorKind(413, "The request body is too large"),
     "UNSUPPORTED_MEDIA_TYPE": ErrorKind(415, "The request body must be application/json"),
     "INVALID_REFERENCE": ErrorKind(422, "A referenced resource does not exist in this organization"),
     "BUSINESS_RULE_VIOLATION": ErrorKind(422, "The request breaks a business rule"),
+    "IDEMPOTENCY_KEY_REUSED": ErrorKind(422, "The Idempotency-Key was already used with another request"),
+    "PRECONDITION_REQUIRED": ErrorKind(428, "This server requires If-Match on changes"),
     "RATE_LIMITED": ErrorKind(429, "Too many requests; retry later"),
     "INTERNAL_ERROR": ErrorKind(500, "An unexpected error occurred"),
     "SERVICE_UNAVAILABLE": ErrorKind(503, "The service is temporarily unavailable; retry later"),
@@ -114,6 +117,8 @@ def from_database_error(exc) -> ApiError | None:
     if pgcode == codes.FOREIGN_KEY_VIOLATION:
         field = _fk_field(getattr(diag, "message_detail", "") or "")
         return ApiError("INVALID_REFERENCE", f"{field or 'reference'} does not name a record of this organization", field=field)
+    if pgcode == codes.EXCLUSION_VIOLATION and constraint == "appointment_staff_no_overlap":
+        return ApiError("CONFLICT", "The staff member already has an appointment at that time", field="date")
     if pgcode in (codes.CHECK_VIOLATION, codes.NOT_NULL_VIOLATION):
         field = getattr(diag, "column_name", None) or _check_field(constraint)
         return ApiError("VALIDATION_ERROR", f"{field or 'a value'} is out of range", field=field)

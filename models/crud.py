@@ -6,6 +6,7 @@ indistinguishable from a row that does not exist.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Mapping
@@ -13,10 +14,13 @@ from typing import Any, Callable, Mapping
 import sqlalchemy as sa
 from sqlalchemy import Numeric, Table, func, select
 
+import config
 from middleware.errors import ApiError
 from middleware.validation import parse_instant
 from middleware.tenancy import Caller, check_org
 from models import audit
+from models import idempotency as idempotency_keys
+from models.idempotency import IdempotentRequest
 from models.database import current_engine
 
 Hook = Callable[..., Any]
@@ -268,11 +272,18 @@ def _incoming(resource: Resource, caller: Caller, body: Mapping[str, Any]) -> di
 
 
 def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
-               parent_id: str | None = None) -> dict:
-    """Insert a row for the caller's organization and its audit record, in one transaction."""
+               parent_id: str | None = None, idempotency: IdempotentRequest | None = None) -> dict:
+    """Insert a row for the caller's organization and its audit record, in one transaction.
+
+    With an idempotency key, a retry returns the first create's row instead of a second row.
+    """
     values = _incoming(resource, caller, body)
     table = resource.table
     with current_engine().begin() as conn:
+        if idempotency is not None:
+            replay = idempotency_keys.claim(conn, caller, idempotency)
+            if replay is not None:
+                return replay
         if resource.parent:
             _parent_conditions(conn, resource, caller, parent_id)
             values[resource.parent[0]] = parent_id
@@ -286,15 +297,17 @@ def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
         if resource.after_create:
             resource.after_create(conn, caller, created)
         audit.record_for(conn, caller, "create", resource.name, created["id"], after=created)
+        if idempotency is not None:
+            idempotency_keys.store(conn, caller, idempotency, 201, created)
     return created
 
 
 def update_row(resource: Resource, caller: Caller, row_id: str, body: Mapping[str, Any], *,
-               parent_id: str | None = None) -> dict:
+               parent_id: str | None = None, if_match: str | None = None) -> dict:
     """Change the fields sent (and only those), under a row lock, with its audit record."""
     values = _incoming(resource, caller, body)
     with current_engine().begin() as conn:
-        before = _lock(conn, resource, caller, row_id, parent_id)
+        before = _lock(conn, resource, caller, row_id, parent_id, if_match)
         _check_references(conn, resource, caller, values)
         if resource.before_update:
             values = resource.before_update(conn, caller, values, before)
@@ -311,16 +324,17 @@ def change_row(resource: Resource, caller: Caller, row_id: str, values: Mapping[
                action: str) -> dict:
     """Apply SQL expressions to one row (e.g. ``likes + 1``) atomically, with an audit record."""
     with current_engine().begin() as conn:
-        before = _lock(conn, resource, caller, row_id, None)
+        before = _lock(conn, resource, caller, row_id, None, None)
         after = _write(conn, resource, caller, row_id, {"updated_at": func.now(), **values})
         audit.record_for(conn, caller, action, resource.name, row_id, before=before, after=after)
     return after
 
 
-def delete_row(resource: Resource, caller: Caller, row_id: str, *, parent_id: str | None = None) -> None:
+def delete_row(resource: Resource, caller: Caller, row_id: str, *, parent_id: str | None = None,
+               if_match: str | None = None) -> None:
     """Soft delete: the row disappears from every read but stays for the audit trail."""
     with current_engine().begin() as conn:
-        before = _lock(conn, resource, caller, row_id, parent_id)
+        before = _lock(conn, resource, caller, row_id, parent_id, if_match)
         after = _write(conn, resource, caller, row_id, {"deleted_at": func.now(), "updated_at": func.now()})
         if resource.after_delete:
             resource.after_delete(conn, caller, before)
@@ -338,7 +352,9 @@ def _write(conn, resource: Resource, caller: Caller, row_id: str, values: Mappin
     return dict(row)
 
 
-def _lock(conn, resource: Resource, caller: Caller, row_id: str, parent_id: str | None) -> dict:
+def _lock(conn, resource: Resource, caller: Caller, row_id: str, parent_id: str | None,
+          if_match: str | None) -> dict:
+    """The row, locked for the rest of the transaction, after checking If-Match against it."""
     table = resource.table
     conditions = _parent_conditions(conn, resource, caller, parent_id)
     row = conn.execute(
@@ -348,4 +364,33 @@ def _lock(conn, resource: Resource, caller: Caller, row_id: str, parent_id: str 
     ).mappings().first()
     if row is None:
         raise ApiError("NOT_FOUND", f"{resource.name} not found")
+    _check_if_match(row, if_match)
     return dict(row)
+
+
+# --- versions -----------------------------------------------------------------------------------
+
+def etag(row: Mapping[str, Any]) -> str:
+    """A strong ETag that changes whenever the row does: every write moves updated_at."""
+    updated = row["updated_at"]
+    stamp = updated.isoformat() if hasattr(updated, "isoformat") else str(updated)
+    return '"' + hashlib.sha256(f"{row['id']}|{stamp}".encode()).hexdigest()[:20] + '"'
+
+
+def matches(header: str | None, current: str) -> bool:
+    """Strong comparison against an If-Match / If-None-Match list ('*' matches any)."""
+    if header is None:
+        return False
+    tags = [tag.strip() for tag in header.split(",")]
+    return "*" in tags or current in tags
+
+
+def _check_if_match(row, if_match: str | None) -> None:
+    if if_match is None:
+        if config.current().require_if_match:
+            raise ApiError("PRECONDITION_REQUIRED", "Send If-Match with the ETag you last read", field="If-Match")
+        return
+    current = etag(row)
+    if not matches(if_match, current):
+        raise ApiError("PRECONDITION_FAILED", f"The resource changed; its current version is {current}",
+                       field="If-Match", headers={"ETag": current})

@@ -6,6 +6,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import func, select
 
+import config
+
 from middleware import auth
 from middleware.errors import ApiError
 from middleware.validation import parse_instant
@@ -203,6 +205,11 @@ def _payment_after_delete(conn, caller, before):
     _move_balance(conn, _locked_loan(conn, caller, before["loan_id"]), -before["amount"])
 
 
+def _appointment_before_create(conn, caller, values):
+    values.setdefault("duration_minutes", config.current().appointment_default_minutes)
+    return values
+
+
 def _post_before_create(conn, caller, values):
     values.setdefault("staff_id", caller.user_id)
     return values
@@ -245,6 +252,7 @@ APPOINTMENTS = Resource(
              "branch_id": equals("branch_id"), "status": equals("status"), "date": on_day("date"),
              "date_from": at_or_after("date"), "date_to": before("date")},
     embeds={"patient": PATIENT, "staff": STAFF, "branch": BRANCH},
+    before_create=_appointment_before_create,
 )
 
 PRESCRIPTIONS = Resource(

@@ -5,6 +5,7 @@ database and fails on any difference in tables, columns, types, nullability or d
 """
 from sqlalchemy import (
     ARRAY,
+    CHAR,
     Boolean,
     Column,
     Date,
@@ -122,6 +123,7 @@ appointment = Table(
     Column("status", String(20), nullable=False, server_default=text("'scheduled'")),
     Column("notes", Text),
     *_timestamps(),
+    Column("duration_minutes", Integer, nullable=False, server_default=text("30")),
 )
 
 prescription = Table(
@@ -249,4 +251,16 @@ audit_log = Table(
     Column("user_agent", Text),
     Column("request_id", String(100)),
     _ts("created_at", nullable=False, default=NOW),
+)
+
+idempotency_key = Table(
+    "idempotency_key", metadata,
+    Column("user_id", UUID(as_uuid=False), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    _org(),
+    Column("request_hash", CHAR(64), nullable=False),
+    Column("response_status", Integer, nullable=False),
+    Column("response_body", JSONB, nullable=False),
+    _ts("created_at", nullable=False, default=NOW),
+    _ts("expires_at", nullable=False),
 )

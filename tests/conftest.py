@@ -172,6 +172,7 @@ def app_with(app, settings, database_url):
     for engine in engines:
         engine.dispose()
     database.install(original_engine)
+    config.use(settings)
     auth.configure(settings)
     ratelimit.configure(settings)
     observability.configure(settings)

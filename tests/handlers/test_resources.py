@@ -4,6 +4,8 @@ One table drives the generic tests; each resource's own rules have their own tes
 """
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import uuid
 from dataclasses import dataclass
 
@@ -51,6 +53,15 @@ def world_b(client, org_b):
     return build_world(client, org_b)
 
 
+_slots = itertools.count()
+
+
+def next_slot() -> str:
+    """A start time no other appointment of the test run uses (a staff member books one at a time)."""
+    start = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=next(_slots))
+    return start.isoformat()
+
+
 # path, list key, create body, patch body, references (field -> World attribute), embeds
 RESOURCES = {
     "branches": ("/branches", "branches", lambda w: {"name": "North", "address": "1 Road"},
@@ -62,7 +73,7 @@ RESOURCES = {
                   {"phone": "555-0100"}, {}, []),
     "appointments": ("/appointments", "appointments",
                      lambda w: {"patient_id": w.patient_id, "staff_id": w.staff_id, "branch_id": w.branch_id,
-                                "date": "2026-12-01T09:00:00+01:00", "type": "checkup"},
+                                "date": next_slot(), "type": "checkup"},
                      {"status": "confirmed"},
                      {"patient_id": "patient_id", "staff_id": "staff_id", "branch_id": "branch_id"},
                      ["patient", "staff", "branch"]),
