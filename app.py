@@ -16,9 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import config
 from middleware import auth, errors, observability, ratelimit
-from middleware.http import BodySizeLimit, MethodCheck, RequestId, SecurityHeaders
-from middleware.observability import Observability
-from middleware.ratelimit import RateLimit
+from middleware.http import Edge
 from middleware.routes import RouteTable
 from middleware.validation import VALIDATORS
 from models import database
@@ -42,7 +40,7 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
     observability.configure(settings)
     _init_sentry(settings)
     url = database_url or database.resolve_url(settings)
-    database.install(database.create_engine(url, settings))
+    database.install(database.create_pools(url, settings))
 
     app = connexion.FlaskApp(
         __name__,
@@ -62,24 +60,20 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         app.add_error_handler(exc_class, errors.connexion_handler)
     app.app.register_error_handler(Exception, errors.flask_handler)
 
-    # Outermost first. Every response, errors and 429s included, gets an id, is counted, timed
-    # and logged, and carries the security headers; limits apply before routing so that requests
-    # connexion refuses count too; oversized bodies are refused before anything reads them.
-    routes = RouteTable(SPEC_DIR / "openapi.yaml")
-    position = MiddlewarePosition.BEFORE_EXCEPTION
-    app.add_middleware(RequestId, position=position)
-    app.add_middleware(Observability, position=position, routes=routes)
-    app.add_middleware(SecurityHeaders, position=position)
+    # Everything connexion does runs inside the edge, so that the requests it refuses itself are
+    # counted, limited, logged and carry the same headers. CORS, when on, wraps it (added first:
+    # the first middleware added is the outermost).
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, position=position, allow_origins=list(settings.cors_origins),
-                           allow_credentials=False, allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        app.add_middleware(CORSMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
+                           allow_origins=list(settings.cors_origins), allow_credentials=False,
+                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID",
                                           "If-Match", "If-None-Match", "Idempotency-Key"],
                            expose_headers=["X-Request-ID", "ETag", "RateLimit", "RateLimit-Policy",
-                                           "Retry-After", "Location"])
-    app.add_middleware(RateLimit, position=position, limits=ratelimit.configure(settings), routes=routes)
-    app.add_middleware(MethodCheck, position=position, routes=routes)
-    app.add_middleware(BodySizeLimit, position=position, max_bytes=settings.max_body_bytes)
+                                           "Retry-After", "Idempotent-Replayed"])
+    app.add_middleware(Edge, position=MiddlewarePosition.BEFORE_EXCEPTION,
+                       routes=RouteTable(SPEC_DIR / "openapi.yaml"), limits=ratelimit.configure(settings),
+                       max_body_bytes=settings.max_body_bytes)
     return app
 
 
@@ -87,7 +81,7 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
 async def _close_pool_on_shutdown(_app):
     """On SIGTERM the server drains in-flight requests, then the pool closes its connections."""
     yield
-    database.current_engine().dispose()
+    database.current_pools().dispose()
 
 
 def _init_sentry(settings: config.Settings) -> None:

@@ -69,12 +69,12 @@ def _with_app_engine(settings, url, action):
     from middleware import auth
 
     auth.configure(settings)
-    engine = database.create_engine(url, settings)
-    database.install(engine)
+    pools = database.create_pools(url, settings)
+    database.install(pools)
     try:
         return action()
     finally:
-        engine.dispose()
+        pools.dispose()
 
 
 def cmd_serve(settings, _args) -> int:

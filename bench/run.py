@@ -302,10 +302,11 @@ def count_statements(url: str, api_env: dict, token: str, seeded, contexts: dict
 
     settings = config.load(api_env)
     app = create_app(settings, database_url=app_url)
-    engine = database.current_engine()
     executed: list[str] = []
-    sa.event.listen(engine, "before_cursor_execute",
-                    lambda conn, cursor, statement, *rest: executed.append(statement))
+    pools = database.current_pools()
+    for engine in (pools.writer, pools.reader):
+        sa.event.listen(engine, "before_cursor_execute",
+                        lambda conn, cursor, statement, *rest: executed.append(statement))
     base_app = baseline.create_app(dsn=app_url, org_id=seeded.org_id)
     api_headers = {"Authorization": f"Bearer {token}"}
     results: dict = {}

@@ -14,7 +14,6 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
-from middleware.routes import RouteTable
 
 REQUESTS = Counter("http_requests_total", "HTTP requests by method, route template and status",
                    ["method", "route", "status"])
@@ -23,7 +22,7 @@ LATENCY = Histogram("http_request_duration_seconds", "Time to answer a request, 
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 IN_PROGRESS = Gauge("http_requests_in_progress", "Requests being answered now", ["method"],
                     multiprocess_mode="livesum")
-DB_POOL = Gauge("db_pool_connections", "Database pool connections by state", ["state"],
+DB_POOL = Gauge("db_pool_connections", "Database pool connections by pool and state", ["pool", "state"],
                 multiprocess_mode="livesum")
 LOGIN_FAILURES = Counter("auth_login_failures_total", "Failed logins (unknown email or wrong password)")
 RATE_LIMITED = Counter("rate_limited_requests_total", "Requests refused with 429, by policy", ["policy"])
@@ -51,64 +50,56 @@ def render_metrics() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE
 
 
+_pool_sampled_at = 0.0
+
+
 def _pool_gauges() -> None:
-    from models.database import current_engine
+    """Pool usage, sampled at most once a second: exact enough for a gauge, cheap per request."""
+    global _pool_sampled_at
+    now = time.monotonic()
+    if now - _pool_sampled_at < 1.0:
+        return
+    _pool_sampled_at = now
+    from models.database import current_pools
 
     try:
-        pool = current_engine().pool
-        DB_POOL.labels("checked_out").set(pool.checkedout())
-        DB_POOL.labels("idle").set(pool.checkedin())
-        DB_POOL.labels("overflow").set(max(pool.overflow(), 0))
-    except Exception:  # no engine yet, or a pool without these counters
+        pools = current_pools()
+        for name, engine in (("writer", pools.writer), ("reader", pools.reader)):
+            pool = engine.pool
+            DB_POOL.labels(name, "checked_out").set(pool.checkedout())
+            DB_POOL.labels(name, "idle").set(pool.checkedin())
+            DB_POOL.labels(name, "overflow").set(max(pool.overflow(), 0))
+    except Exception:  # no pools yet, or a pool without these counters
         pass
 
 
-class Observability:
-    """Counts, times and logs every request, including those answered by outer layers' errors."""
+def begin(method: str) -> None:
+    """A request arrived (the edge calls ``record`` when it is answered)."""
+    IN_PROGRESS.labels(method).inc()
 
-    def __init__(self, app, routes: RouteTable):
-        self.app = app
-        self.routes = routes
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        state = scope.setdefault("state", {})
-        method = scope["method"]
-        route = self.routes.template_of(scope["path"])
-        status = 500
-        started = time.perf_counter()
-        IN_PROGRESS.labels(method).inc()
-
-        async def observing_send(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observing_send)
-        finally:
-            elapsed = time.perf_counter() - started
-            IN_PROGRESS.labels(method).dec()
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(method, route).observe(elapsed)
-            if status == 429 and state.get("rate_limited"):
-                RATE_LIMITED.labels(state["rate_limited"]).inc()
-            _pool_gauges()
-            claims = state.get("claims") or {}
-            access_log.info("request", extra={"access": {
-                "request_id": state.get("request_id"),
-                "method": method,
-                "route": route,
-                # The path names the record read or changed (ids only; the query string, which
-                # may hold patient names being searched, is left out).
-                "path": scope["path"],
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
-                "user_id": claims.get("sub"),
-                "org_id": claims.get("org_id"),
-            }})
+def record(method: str, route: str, status: int, elapsed: float, state: dict, path: str) -> None:
+    """Count, time and log one answered request (called by the edge for every request)."""
+    IN_PROGRESS.labels(method).dec()
+    REQUESTS.labels(method, route, str(status)).inc()
+    LATENCY.labels(method, route).observe(elapsed)
+    if status == 429 and state.get("rate_limited"):
+        RATE_LIMITED.labels(state["rate_limited"]).inc()
+    _pool_gauges()
+    if access_log.isEnabledFor(logging.INFO):
+        claims = state.get("claims") or {}
+        access_log.info("request", extra={"access": {
+            "request_id": state.get("request_id"),
+            "method": method,
+            "route": route,
+            # The path names the record read or changed (ids only; the query string, which
+            # may hold patient names being searched, is left out).
+            "path": path,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "user_id": claims.get("sub"),
+            "org_id": claims.get("org_id"),
+        }})
 
 
 class JsonFormatter(logging.Formatter):

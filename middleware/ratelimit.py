@@ -1,4 +1,5 @@
-"""Rate limits at the ASGI layer, so every request counts, including those connexion refuses.
+"""Rate limits, decided at the edge (middleware/http.py), so every request counts, including
+those connexion refuses.
 
 Built on ``limits`` (the library flask-limiter wraps): flask-limiter sits on the inner Flask app
 and never sees the 400/401/404/405 answers connexion gives before it. Storage is in-process by
@@ -11,18 +12,13 @@ import logging
 import math
 import time
 
-import jwt
 from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from starlette.datastructures import Headers
 
 from config import Settings
-from middleware import auth
 from middleware.errors import ApiError
-from middleware.http import send_error
-from middleware.routes import RouteTable
-from middleware.tenancy import client_ip
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +37,30 @@ class RateLimits:
         self.default = parse(settings.rate_limit_default)
         self.login = parse(settings.rate_limit_login)
         self.login_account = parse(settings.rate_limit_login_account)
+
+    def check(self, route: str, method: str, claims: dict | None, ip: str) -> tuple[bool, str, list]:
+        """Count one request: (allowed, the policy that decided, the RateLimit response headers).
+
+        Per user with a valid token, per client IP otherwise; /auth/login also per IP under its
+        own, stricter policy; the probes and the scraper are never limited.
+        """
+        if route in EXEMPT:
+            return True, "", []
+        key = f"user:{claims['sub']}" if claims else f"ip:{ip}"
+        policies = [("default", self.default, key)]
+        if route == LOGIN and method == "POST":
+            policies.append(("login", self.login, f"ip:{ip}"))
+        results = [(name, item, *self.hit(name, item, k)) for name, item, k in policies]
+        refused = [r for r in results if not r[2]]
+        name, item, _, remaining, reset = min(results, key=lambda r: (r[2], r[3]))
+        headers = [
+            (b"ratelimit-policy", ", ".join(f'"{n}";q={i.amount};w={i.get_expiry()}' for n, i, *_ in results).encode()),
+            (b"ratelimit", f'"{name}";r={max(remaining, 0)};t={reset}'.encode()),
+        ]
+        if refused:
+            headers.append((b"retry-after", str(max(reset, 1)).encode()))
+            return False, refused[0][0], headers
+        return True, name, headers
 
     def hit(self, name: str, item, key: str) -> tuple[bool, int, int]:
         """Count one request; returns (allowed, remaining, seconds until the window frees)."""
@@ -87,61 +107,3 @@ def record_failed_login(email: str) -> None:
     limits = _limits
     if limits is not None and limits.enabled:
         limits.hit("login-account", limits.login_account, _account_key(email))
-
-
-class RateLimit:
-    """ASGI middleware: per user with a valid token, per client IP otherwise."""
-
-    def __init__(self, app, limits: RateLimits, routes: RouteTable):
-        self.app = app
-        self.limits = limits
-        self.routes = routes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        template = self.routes.template_of(scope["path"])
-        state = scope.setdefault("state", {})
-        headers = Headers(scope=scope)
-        claims = _verified_claims(headers.get("authorization"))
-        state["claims"] = claims
-        state["route"] = template
-        if not self.limits.enabled or template in EXEMPT:
-            return await self.app(scope, receive, send)
-        peer = (scope.get("client") or ("unknown", 0))[0]
-        ip = client_ip(peer, headers.get("x-forwarded-for")) or "unknown"
-        key = f"user:{claims['sub']}" if claims else f"ip:{ip}"
-        policies = [("default", self.limits.default, key)]
-        if template == LOGIN and scope["method"] == "POST":
-            policies.append(("login", self.limits.login, f"ip:{ip}"))
-        results = [(name, item, *self.limits.hit(name, item, k)) for name, item, k in policies]
-        refused = [r for r in results if not r[2]]
-        name, item, _, remaining, reset = min(results, key=lambda r: (r[2], r[3]))
-        rate_headers = {
-            "RateLimit-Policy": ", ".join(f'"{n}";q={i.amount};w={i.get_expiry()}' for n, i, *_ in results),
-            "RateLimit": f'"{name}";r={max(remaining, 0)};t={reset}',
-        }
-        if refused:
-            state["rate_limited"] = refused[0][0]
-            return await send_error(send, 429, "RATE_LIMITED", "Too many requests; retry later",
-                                    headers={**rate_headers, "Retry-After": str(max(reset, 1))})
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [
-                    (k.lower().encode(), v.encode()) for k, v in rate_headers.items()
-                ]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _verified_claims(authorization: str | None) -> dict | None:
-    """The token's claims when it is a valid bearer token; None otherwise (then the IP counts)."""
-    if not authorization or not authorization[:7].lower() == "bearer ":
-        return None
-    try:
-        return auth.token_info(authorization[7:].strip())
-    except Exception:
-        return None

@@ -12,36 +12,38 @@ from pathlib import Path
 import yaml
 
 _METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+_PARAMETER = re.compile(r"\\\{[^/]+?\\\}")  # an escaped {name} in re.escape()'s output
 
 
 @dataclass(frozen=True)
 class Route:
     template: str
     methods: tuple[str, ...]
-    pattern: re.Pattern
 
 
 class RouteTable:
-    """Every path template of the spec, with the methods it answers."""
+    """Every path template of the spec, with the methods it answers, matched by one regex."""
 
     def __init__(self, spec_path: Path):
         spec = yaml.safe_load(spec_path.read_text())
         routes = []
         for template, item in spec["paths"].items():
-            pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
             methods = {m.upper() for m in item if m in _METHODS}
             if "GET" in methods:
                 methods.add("HEAD")
-            routes.append(Route(template, tuple(sorted(methods)), re.compile(pattern)))
+            routes.append(Route(template, tuple(sorted(methods))))
         # Literal segments win over parameters (/auth/me before /auth/{x}), as in the router.
-        self.routes = sorted(routes, key=lambda r: r.template.count("{"))
+        routes.sort(key=lambda r: r.template.count("{"))
+        self.routes = {f"r{i}": route for i, route in enumerate(routes)}
+        alternatives = "|".join(f"(?P<{name}>{_pattern_of(route.template)})"
+                                for name, route in self.routes.items())
+        self._pattern = re.compile(f"(?:{alternatives})")
 
     def match(self, path: str) -> Route | None:
-        for route in self.routes:
-            if route.pattern.fullmatch(path):
-                return route
-        return None
+        found = self._pattern.fullmatch(path)
+        return self.routes[found.lastgroup] if found else None
 
-    def template_of(self, path: str) -> str:
-        route = self.match(path)
-        return route.template if route else "unmatched"
+
+def _pattern_of(template: str) -> str:
+    """``/patients/{id}`` -> ``/patients/[^/]+``."""
+    return _PARAMETER.sub("[^/]+", re.escape(template))

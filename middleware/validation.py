@@ -15,6 +15,7 @@ import typing as t
 
 from connexion.json_schema import Draft4RequestValidator, Draft4ResponseValidator, allow_nullable
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, JSONResponseBodyValidator
+from connexion.utils import is_null, is_nullable
 from connexion.validators.parameter import ParameterValidator
 from connexion.datastructures import MediaTypeDict
 from jsonschema import Draft4Validator, ValidationError
@@ -183,7 +184,23 @@ class ResponseValidator(JSONResponseBodyValidator):
 
 
 class ParametersValidator(ParameterValidator):
-    """Query, path and header validation that names the parameter at fault."""
+    """Query, path and header validation that names the parameter at fault.
+
+    connexion deep-copies each parameter's schema and builds a validator for it on every request;
+    here each schema is compiled once.
+    """
+
+    @staticmethod
+    def validate_parameter(parameter_type, value, param, param_name=None):
+        if is_nullable(param) and is_null(value):
+            return None
+        if value is None:
+            if param.get("required"):
+                return f"Missing {parameter_type} parameter '{param['name']}'"
+            return None
+        schema = param.get("schema", param)
+        error = best_match(_compile(schema, _RequestValidator).iter_errors(value))
+        return error.message if error is not None else None
 
     def validate_request(self, request):
         for name, value in request.query_params.items():

@@ -21,6 +21,7 @@ from middleware.tenancy import Caller, check_org
 from models import audit
 from models import idempotency as idempotency_keys
 from models.idempotency import IdempotentRequest
+from models import database
 from models.database import current_engine
 
 Hook = Callable[..., Any]
@@ -230,11 +231,12 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
         if value is not None:
             conditions.append(resource.filters[name](table, value))
     query, joined = _select_with_embeds(resource, caller, embed)
-    with current_engine().connect() as conn:
-        conditions += _parent_conditions(conn, resource, caller, parent_id)
-        total = conn.execute(select(func.count()).select_from(table).where(*conditions)).scalar_one()
+
+    def work(conn):
+        where = conditions + _parent_conditions(conn, resource, caller, parent_id)
+        total = conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
         rows = conn.execute(
-            query.where(*conditions)
+            query.where(*where)
             .order_by(table.c.created_at.desc(), table.c.id.desc())
             .limit(page_size)
             .offset((page - 1) * page_size)
@@ -242,7 +244,9 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
         items = [_split_embeds(row, joined) for row in rows]
         if items:
             _attach_many(conn, resource, caller, items, embed)
-    return {resource.plural: items, "total": total}
+        return {resource.plural: items, "total": total}
+
+    return database.read(work)
 
 
 def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str] | None = None,
@@ -251,7 +255,8 @@ def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str]
     embed = embed or []
     query, joined = _select_with_embeds(resource, caller, embed)
     table = resource.table
-    with current_engine().connect() as conn:
+
+    def work(conn):
         conditions = _parent_conditions(conn, resource, caller, parent_id)
         row = conn.execute(
             query.where(table.c.id == row_id, *scoped(table, caller.org_id), *conditions)
@@ -260,7 +265,9 @@ def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str]
             raise ApiError("NOT_FOUND", f"{resource.name} not found")
         item = _split_embeds(row, joined)
         _attach_many(conn, resource, caller, [item], embed)
-    return item
+        return item
+
+    return database.read(work)
 
 
 # --- writing ------------------------------------------------------------------------------------

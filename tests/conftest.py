@@ -160,18 +160,18 @@ def app_with(app, settings, database_url):
     from app import create_app
     from middleware import auth, observability, ratelimit
 
-    original_engine = database.current_engine()
-    engines = []
+    original = database.current_pools()
+    made = []
 
     def make(**overrides):
         custom = create_app(settings.with_overrides(**overrides), database_url=database_url)
-        engines.append(database.current_engine())
+        made.append(database.current_pools())
         return custom
 
     yield make
-    for engine in engines:
-        engine.dispose()
-    database.install(original_engine)
+    for pools in made:
+        pools.dispose()
+    database.install(original)
     config.use(settings)
     auth.configure(settings)
     ratelimit.configure(settings)

@@ -32,7 +32,7 @@ def test_requests_are_counted_by_template_and_status(client, org_a):
     assert missing not in after
     assert metric_value(after, "http_request_duration_seconds_count", route="/patients/{id}") >= 1
     assert "http_requests_in_progress" in after
-    assert 'db_pool_connections{state="checked_out"}' in after
+    assert 'db_pool_connections{pool="reader",state="checked_out"}' in after
 
 
 def test_rate_limited_and_login_failures_are_counted(app_with):
