@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat setup.cfg | cksum | cut -d' ' -f1)
 export APP_ENV ?= development
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve migrate rollback test test-fast lint clean
+.PHONY: help install run serve migrate rollback test fuzz lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ rollback: $(STAMP) ## Roll back the newest migration
 
 test: $(STAMP) ## Run the whole test suite (embedded PostgreSQL unless TEST_DATABASE_URL/DATABASE_URL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+fuzz: $(STAMP) ## schemathesis over the whole spec with fresh random data, 300 examples per operation
+	CONTRACT_EXAMPLES=$${CONTRACT_EXAMPLES:-300} CONTRACT_RANDOM=true $(BIN)/python -m pytest tests/test_contract.py $(PYTEST_ARGS)
 
 lint: $(STAMP) ## Validate the OpenAPI spec
 	$(BIN)/python -c "from openapi_spec_validator import validate; from openapi_spec_validator.readers import read_from_filename; validate(read_from_filename('spec/openapi.yaml')[0]); print('spec/openapi.yaml is valid')"

@@ -83,6 +83,7 @@ class Settings:
     require_if_match: bool = False
     appointment_default_minutes: int = 30
     idempotency_ttl_hours: int = 24
+    count_exact_limit: int = 10_000
     sentry_dsn: str = ""
 
     @property
@@ -142,6 +143,7 @@ def load(env=None, *, serving: bool = True) -> Settings:
         require_if_match=_bool("REQUIRE_IF_MATCH", defaults.require_if_match, env),
         appointment_default_minutes=_int("APPOINTMENT_DEFAULT_MINUTES", defaults.appointment_default_minutes, env),
         idempotency_ttl_hours=_int("IDEMPOTENCY_TTL_HOURS", defaults.idempotency_ttl_hours, env),
+        count_exact_limit=_int("COUNT_EXACT_LIMIT", defaults.count_exact_limit, env),
         sentry_dsn=env.get("SENTRY_DSN", ""),
     )
     if settings.is_development and not settings.jwt_secret:
@@ -221,3 +223,9 @@ def share_metrics_between_workers(settings: Settings) -> Settings:
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return replace(settings, prometheus_multiproc_dir=str(path))
+
+
+def contract_random(env=None) -> bool:
+    """``make fuzz`` explores new examples each run; ``make test`` replays the same ones."""
+    env = os.environ if env is None else env
+    return _bool("CONTRACT_RANDOM", False, env)

@@ -241,7 +241,7 @@ def list_roles() -> dict:
     with current_engine().connect() as conn:
         rows = conn.execute(select(role.c.id, role.c.name, role.c.description, role.c.scopes)
                             .order_by(role.c.name)).mappings().all()
-    return {"roles": [dict(r) for r in rows], "total": len(rows)}
+    return {"roles": [dict(r) for r in rows], "total": len(rows), "total_estimated": False}
 
 
 def staff_roles(caller, staff_id: str) -> dict:

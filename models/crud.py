@@ -234,7 +234,7 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
 
     def work(conn):
         where = conditions + _parent_conditions(conn, resource, caller, parent_id)
-        total = conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+        total, estimated = _count(conn, table, where)
         rows = conn.execute(
             query.where(*where)
             .order_by(table.c.created_at.desc(), table.c.id.desc())
@@ -244,9 +244,25 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
         items = [_split_embeds(row, joined) for row in rows]
         if items:
             _attach_many(conn, resource, caller, items, embed)
-        return {resource.plural: items, "total": total}
+        return {resource.plural: items, "total": total, "total_estimated": estimated}
 
     return database.read(work)
+
+
+def _count(conn, table: Table, where: list) -> tuple[int, bool]:
+    """The number of matching rows: exact up to COUNT_EXACT_LIMIT, the planner's estimate beyond.
+
+    Counting every row of a large organization costs as much as reading it; past the limit the
+    estimate (never below the limit) is what a pager needs, and ``total_estimated`` says so.
+    """
+    limit = config.current().count_exact_limit
+    capped = select(sa.literal(1)).select_from(table).where(*where).limit(limit + 1).subquery()
+    counted = conn.execute(select(func.count()).select_from(capped)).scalar_one()
+    if counted <= limit:
+        return counted, False
+    query = select(sa.literal(1)).select_from(table).where(*where).compile(dialect=conn.dialect)
+    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(query), query.params).scalar_one()
+    return max(int(plan[0]["Plan"]["Plan Rows"]), limit + 1), True
 
 
 def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str] | None = None,

@@ -12,7 +12,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=config.contract_examples(), deadline=None,
+@settings(max_examples=config.contract_examples(), deadline=None, derandomize=not config.contract_random(),
           suppress_health_check=list(HealthCheck))
 def test_every_operation_keeps_the_contract(case, contract_org):
     case.call_and_validate(headers=contract_org.headers)

@@ -110,9 +110,9 @@ def test_list_filters_and_isolation(client, world, org_b):
     mine = client.get(f"/audit-logs?userId={org.admin_id}&pageSize=100", headers=org.headers).json()["data"]
     assert mine["total"] >= 2
     future = client.get("/audit-logs?from=2999-01-01T00:00:00Z", headers=org.headers).json()["data"]
-    assert future == {"audit_logs": [], "total": 0}
+    assert future == {"audit_logs": [], "total": 0, "total_estimated": False}
     theirs = client.get(f"/audit-logs?resourceId={patient['id']}", headers=org_b.headers).json()["data"]
-    assert theirs == {"audit_logs": [], "total": 0}
+    assert theirs == {"audit_logs": [], "total": 0, "total_estimated": False}
     everything_b = client.get("/audit-logs?pageSize=100", headers=org_b.headers).json()["data"]["audit_logs"]
     assert all(r["org_id"] == org_b.org_id for r in everything_b)
 

@@ -58,7 +58,7 @@ def test_list_pages_are_newest_first_with_total(client, org_a):
     assert [p["id"] for p in page1["patients"]] == ids[::-1][:2]
     assert [p["id"] for p in page3["patients"]] == ids[::-1][4:]
     beyond = client.get("/patients?page=9&pageSize=2", headers=org_a.headers).json()["data"]
-    assert beyond == {"patients": [], "total": 5}
+    assert beyond == {"patients": [], "total": 5, "total_estimated": False}
 
 
 def test_search_matches_name_email_or_phone_case_insensitively(client, org_a):
@@ -121,7 +121,7 @@ def test_lists_and_totals_never_include_another_organization(client, org_a, org_
     create_patient(client, org_a, name="Mine")
     create_patient(client, org_b, name="Theirs")
     mine = client.get("/patients?search=Theirs", headers=org_a.headers).json()["data"]
-    assert mine == {"patients": [], "total": 0}
+    assert mine == {"patients": [], "total": 0, "total_estimated": False}
     everything = client.get("/patients", headers=org_a.headers).json()["data"]
     assert everything["total"] == 1 and everything["patients"][0]["name"] == "Mine"
 
@@ -184,3 +184,17 @@ def test_writes_need_the_write_scope(client, org_a, engine):
     assert client.get("/patients", headers=headers).status_code == 200
     response = client.post("/patients", json={"branch_id": org_a.branch_id, "name": "X"}, headers=headers)
     assert response.status_code == 403 and error_of(response)["code"] == "INSUFFICIENT_SCOPE"
+
+
+def test_totals_are_exact_up_to_the_limit_then_estimated(app_with, make_org):
+    limited = app_with(count_exact_limit=3)
+    org = make_org()
+    client = limited.test_client()
+    for i in range(3):
+        client.post("/patients", json={"branch_id": org.branch_id, "name": f"P{i}"}, headers=org.headers)
+    exact = client.get("/patients", headers=org.headers).json()["data"]
+    assert exact["total"] == 3 and exact["total_estimated"] is False
+    client.post("/patients", json={"branch_id": org.branch_id, "name": "P3"}, headers=org.headers)
+    estimated = client.get("/patients?pageSize=2", headers=org.headers).json()["data"]
+    assert estimated["total_estimated"] is True and estimated["total"] >= 4
+    assert len(estimated["patients"]) == 2
