@@ -60,6 +60,8 @@ class Edge:
             scope["headers"] = [h for h in scope["headers"] if h[0] != b"x-request-id"]
             scope["headers"].append((b"x-request-id", request_id))
         state["request_id"] = request_id.decode()
+        if scope.get("query_string", b"").count(b"embed=") > 1:
+            scope["query_string"] = _join_repeated_embed(scope["query_string"])
         path, method = scope["path"], scope["method"]
         route = self.routes.match(path)
         template = route.template if route else "unmatched"
@@ -131,6 +133,18 @@ class Edge:
             return message
 
         return counted
+
+
+def _join_repeated_embed(query: bytes) -> bytes:
+    """``embed=a&embed=b`` -> ``embed=a,b``.
+
+    The spec writes embed lists comma-separated (form, explode: false), as the seed does; some
+    generated clients repeat the parameter instead. Both mean the same, so both are accepted.
+    """
+    parts = query.split(b"&")
+    embeds = [p[len(b"embed="):] for p in parts if p.startswith(b"embed=")]
+    others = [p for p in parts if not p.startswith(b"embed=")]
+    return b"&".join([*others, b"embed=" + b"%2C".join(embeds)])
 
 
 def _verified_claims(authorization: bytes | None) -> dict | None:

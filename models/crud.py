@@ -58,6 +58,8 @@ class Resource:
     hidden: frozenset[str] = frozenset()
     # Body fields that are not columns but that a hook turns into one (staff password -> hash).
     write_only: frozenset[str] = frozenset()
+    # Columns only the server moves (a post's likes, an item's last_updated).
+    read_only: frozenset[str] = frozenset()
     # A sub-resource lives under one parent row (loan payments under a loan): the column that
     # names it and the parent's table. A missing parent is a 404, like a missing row.
     parent: tuple[str, Table] | None = None
@@ -80,7 +82,7 @@ class Resource:
         internal = {"id", "org_id", "created_at", "updated_at", "deleted_at"}
         if self.parent:
             internal.add(self.parent[0])
-        columns = {c.name for c in self.table.c if c.name not in internal | self.hidden}
+        columns = {c.name for c in self.table.c if c.name not in internal | self.hidden | self.read_only}
         return frozenset(columns | self.write_only)
 
 

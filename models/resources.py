@@ -276,6 +276,7 @@ INVENTORY = Resource(
     filters={"branch_id": equals("branch_id"), "supplier_id": equals("supplier_id"),
              "status": equals("status"), "category": equals("category"), "low_stock": low_stock},
     embeds={"branch": BRANCH, "supplier": SUPPLIER},
+    read_only=frozenset({"last_updated"}),
     before_update=_inventory_before_update,
 )
 
@@ -298,6 +299,7 @@ COMMUNITY_POSTS = Resource(
     references={"staff_id": t.staff},
     filters={"staff_id": equals("staff_id"), "tag": has_tag},
     embeds={"staff": STAFF},
+    read_only=frozenset({"likes"}),
     before_create=_post_before_create,
 )
 
