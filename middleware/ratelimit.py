@@ -15,7 +15,6 @@ import time
 from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
-from starlette.datastructures import Headers
 
 from config import Settings
 from middleware.errors import ApiError

@@ -178,8 +178,12 @@ def app_with(app, settings, database_url):
     observability.configure(settings)
 
 
-def spawn_server(database_url: str, **env_overrides) -> tuple:
-    """Start `uvicorn --factory app:create_app` in a child process; returns (process, base URL)."""
+def spawn_server(database_url: str, *, production: bool = False, stderr=None, **env_overrides) -> tuple:
+    """Serve the app in a child process; returns (process, base URL) once /health answers.
+
+    By default uvicorn with the app factory; ``production=True`` runs ``clinic-api serve``
+    (gunicorn with uvicorn workers), as operators do.
+    """
     import os
     import socket
     import subprocess
@@ -192,12 +196,14 @@ def spawn_server(database_url: str, **env_overrides) -> tuple:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, **TEST_ENV, "DATABASE_URL": database_url, "VALIDATE_RESPONSES": "false",
-           "DB_POOL_SIZE": "30", "LOG_LEVEL": "WARNING", **env_overrides}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env=env, cwd=str(config.ROOT),
-    )
+           "DB_POOL_SIZE": "30", "LOG_LEVEL": "WARNING", "PORT": str(port), **env_overrides}
+    if production:
+        command = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main(['serve']))"]
+    else:
+        command = [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1",
+                   "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env, cwd=str(config.ROOT), stdout=subprocess.DEVNULL,
+                               stderr=stderr if stderr is not None else subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

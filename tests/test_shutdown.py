@@ -1,36 +1,19 @@
 """SIGTERM: requests in flight finish, the process exits, no session is left idle in a transaction."""
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import sqlalchemy as sa
 
-from config import ROOT
-from tests.conftest import TEST_ENV
+from tests.conftest import spawn_server
 
 
 def test_sigterm_drains_requests_and_leaves_no_open_transactions(database_url, org_a, engine):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, **TEST_ENV, "APP_ENV": "production", "DATABASE_URL": database_url,
-           "PORT": str(port), "WEB_CONCURRENCY": "1", "LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen([sys.executable, "-c", "import sys, cli; sys.exit(cli.main(['serve']))"],
-                              env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
+    server, base = spawn_server(database_url, production=True, stderr=subprocess.PIPE,
+                                APP_ENV="production", WEB_CONCURRENCY="1")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         # Warm the pool first: under a loaded test machine, opening ten connections at once can
         # outlast DB_CONNECT_TIMEOUT_S, which is a (correct) 503 but not what this test is about.
         with httpx.Client(base_url=base, headers=org_a.headers, timeout=30) as warm:

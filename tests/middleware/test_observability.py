@@ -77,35 +77,15 @@ def test_login_does_not_log_passwords_or_tokens(client, org_a, caplog):
 
 def test_metrics_add_up_across_gunicorn_workers(database_url, tmp_path):
     """With two workers, whichever answers /metrics reports the requests both served."""
-    import os
     import signal
-    import socket
-    import subprocess
-    import sys
-    import time
 
     import httpx
 
-    from config import ROOT
-    from tests.conftest import TEST_ENV
+    from tests.conftest import spawn_server
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, **TEST_ENV, "APP_ENV": "production", "DATABASE_URL": database_url, "PORT": str(port),
-           "WEB_CONCURRENCY": "2", "LOG_LEVEL": "WARNING", "DATA_DIR": str(tmp_path)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    server = subprocess.Popen([sys.executable, "-c", "import sys, cli; sys.exit(cli.main(['serve']))"],
-                              env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = spawn_server(database_url, production=True, APP_ENV="production", WEB_CONCURRENCY="2",
+                                DATA_DIR=str(tmp_path), PROMETHEUS_MULTIPROC_DIR="")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         for _ in range(40):  # fresh connections, spread over both workers by the kernel
             httpx.get(f"{base}/no-such-route")
         scrapes = {metric_value(httpx.get(f"{base}/metrics").text, "http_requests_total",
