@@ -60,6 +60,9 @@ class Resource:
     write_only: frozenset[str] = frozenset()
     # Columns only the server moves (a post's likes, an item's last_updated).
     read_only: frozenset[str] = frozenset()
+    # Filters served by an index of their own (trigram search): with one of them, the matching
+    # rows are collected through that index first, then counted and sorted in the same statement.
+    search_filters: frozenset[str] = frozenset()
     # A sub-resource lives under one parent row (loan payments under a loan): the column that
     # names it and the parent's table. A missing parent is a 404, like a missing row.
     parent: tuple[str, Table] | None = None
@@ -229,26 +232,55 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
     embed = embed or []
     table = resource.table
     conditions = scoped(table, caller.org_id)
-    for name, value in (filters or {}).items():
-        if value is not None:
-            conditions.append(resource.filters[name](table, value))
+    active = {name for name, value in (filters or {}).items() if value is not None}
+    for name in active:
+        conditions.append(resource.filters[name](table, filters[name]))
     query, joined = _select_with_embeds(resource, caller, embed)
+    newest_first = (table.c.created_at.desc(), table.c.id.desc())
+    offset = (page - 1) * page_size
 
     def work(conn):
         where = conditions + _parent_conditions(conn, resource, caller, parent_id)
-        total, estimated = _count(conn, table, where)
-        rows = conn.execute(
-            query.where(*where)
-            .order_by(table.c.created_at.desc(), table.c.id.desc())
-            .limit(page_size)
-            .offset((page - 1) * page_size)
-        ).mappings().all()
+        found = _search_page(conn, table, where, page_size, offset) if active & resource.search_filters else None
+        if found is not None:
+            total, estimated, ids = found
+            rows = conn.execute(query.where(table.c.id.in_(ids)).order_by(*newest_first)).mappings().all() if ids else []
+        else:
+            total, estimated = _count(conn, table, where)
+            rows = conn.execute(
+                query.where(*where).order_by(*newest_first).limit(page_size).offset(offset)
+            ).mappings().all()
         items = [_split_embeds(row, joined) for row in rows]
         if items:
             _attach_many(conn, resource, caller, items, embed)
         return {resource.plural: items, "total": total, "total_estimated": estimated}
 
     return database.read(work)
+
+
+def _search_page(conn, table: Table, where: list, page_size: int, offset: int):
+    """(total, False, ids of the page) in one statement, when no more than COUNT_EXACT_LIMIT match.
+
+    Walking the newest-first index and filtering row by row reads tens of thousands of rows for a
+    common search term; collecting the matches through the search index, then counting and
+    sorting them, reads only the matches. Returns None when there are more (the caller then
+    estimates and walks the index, which finds a page quickly when matches are that common).
+    """
+    limit = config.current().count_exact_limit
+    matches = select(table.c.id, table.c.created_at).where(*where).limit(limit + 1).subquery()
+    rows = conn.execute(
+        select(func.count().over().label("total"), matches.c.id)
+        .order_by(matches.c.created_at.desc(), matches.c.id.desc())
+        .limit(page_size).offset(offset)
+    ).all()
+    if not rows:
+        if offset == 0:
+            return 0, False, []
+        return None  # past the last page: the caller's count says how many there are
+    total = rows[0].total
+    if total > limit:
+        return None
+    return total, False, [row.id for row in rows]
 
 
 def _count(conn, table: Table, where: list) -> tuple[int, bool]:

@@ -222,6 +222,7 @@ PATIENTS = Resource(
     references={"branch_id": t.branch},
     filters={"status": equals("status"), "branch_id": equals("branch_id"), "search": patient_search},
     embeds={"branch": BRANCH},
+    search_filters=frozenset({"search"}),
 )
 
 BRANCHES = Resource(

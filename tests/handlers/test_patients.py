@@ -198,3 +198,20 @@ def test_totals_are_exact_up_to_the_limit_then_estimated(app_with, make_org):
     estimated = client.get("/patients?pageSize=2", headers=org.headers).json()["data"]
     assert estimated["total_estimated"] is True and estimated["total"] >= 4
     assert len(estimated["patients"]) == 2
+
+
+def test_search_pages_and_totals_past_the_exact_limit(app_with, make_org):
+    limited = app_with(count_exact_limit=3)
+    org = make_org()
+    client = limited.test_client()
+    ids = [client.post("/patients", json={"branch_id": org.branch_id, "name": f"Searchable {i}"},
+                       headers=org.headers).json()["data"]["id"] for i in range(5)]
+    few = client.get("/patients?search=Searchable 1", headers=org.headers).json()["data"]
+    assert few["total"] == 1 and few["total_estimated"] is False
+    many = client.get("/patients?search=searchable&pageSize=2&page=2", headers=org.headers).json()["data"]
+    assert many["total_estimated"] is True and [p["id"] for p in many["patients"]] == ids[::-1][2:4]
+    exact = app_with(count_exact_limit=100).test_client()
+    page = exact.get("/patients?search=searchable&pageSize=2&page=3", headers=org.headers).json()["data"]
+    assert page["total"] == 5 and [p["id"] for p in page["patients"]] == [ids[0]]
+    beyond = exact.get("/patients?search=searchable&pageSize=2&page=9", headers=org.headers).json()["data"]
+    assert beyond["total"] == 5 and beyond["patients"] == []
