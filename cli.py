@@ -68,6 +68,7 @@ def _create_org(args, password):
 def _with_app_engine(settings, url, action):
     from middleware import auth
 
+    config.use(settings)
     auth.configure(settings)
     pools = database.create_pools(url, settings)
     database.install(pools)

@@ -15,28 +15,19 @@ import bcrypt
 import jwt
 from connexion.exceptions import OAuthProblem
 
+import config
 from config import Settings
 
 ALGORITHM = "HS256"
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it
 
-_settings: Settings | None = None
-
-
 def configure(settings: Settings) -> None:
-    """Install the settings the token functions use (called once by the app factory)."""
-    global _settings, _dummy_hash
-    _settings = settings
+    """Prepare for ``settings`` (called once by the app factory, after ``config.use``)."""
+    global _dummy_hash
     _verified.clear()  # a new secret, issuer or audience invalidates what was verified
     # Verified against when the email is unknown, so both paths cost one bcrypt check.
     _dummy_hash = bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(settings.bcrypt_rounds))
-
-
-def settings() -> Settings:
-    if _settings is None:
-        raise RuntimeError("middleware.auth.configure() was not called")
-    return _settings
 
 
 _dummy_hash = b""
@@ -44,7 +35,7 @@ _dummy_hash = b""
 
 def issue_access_token(*, staff_id: str, org_id: str, roles: list[str], scopes: list[str]) -> str:
     """A short-lived signed access token carrying who, which organization and what they may do."""
-    conf = settings()
+    conf = config.current()
     now = int(time.time())
     claims = {
         "sub": staff_id,
@@ -82,7 +73,7 @@ def token_info(token: str) -> dict:
 
 
 def _decode(token: str) -> dict:
-    conf = settings()
+    conf = config.current()
     try:
         claims = jwt.decode(
             token,
@@ -113,7 +104,7 @@ def hash_refresh_token(token: str) -> str:
 
 
 def hash_password(password: str) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(settings().bcrypt_rounds)).decode()
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(config.current().bcrypt_rounds)).decode()
 
 
 def password_fits(password: str) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import flask
 from connexion.context import context
 
-from middleware import auth
+import config
 from middleware.errors import ApiError
 
 
@@ -50,7 +50,7 @@ def request_origin() -> dict:
 
 def client_ip(peer: str | None, forwarded_for: str | None) -> str | None:
     """The client's address: X-Forwarded-For is believed only when the peer is a trusted proxy."""
-    trusted = auth.settings().trusted_proxies
+    trusted = config.current().trusted_proxies
     if not forwarded_for or not peer or not _is_trusted(peer, trusted):
         return peer
     # Walk from the nearest hop outwards, skipping our own proxies.

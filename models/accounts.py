@@ -8,6 +8,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
+import config
 from middleware import auth, ratelimit
 from middleware.observability import LOGIN_FAILURES
 from middleware.errors import ApiError
@@ -48,7 +49,7 @@ def _start_session(conn, member, family_id: str, origin: dict) -> tuple[str, str
             user_id=member["id"],
             family_id=family_id,
             refresh_token_hash=token_hash,
-            expires_at=func.now() + dt.timedelta(seconds=auth.settings().refresh_token_ttl_s),
+            expires_at=func.now() + dt.timedelta(seconds=config.current().refresh_token_ttl_s),
             ip_address=origin.get("ip_address"),
             user_agent=origin.get("user_agent"),
         ).returning(session.c.id)
@@ -62,7 +63,7 @@ def _tokens(conn, member, refresh_token: str) -> dict:
         staff_id=member["id"], org_id=member["org_id"], roles=roles, scopes=scopes
     )
     return {"access_token": access, "refresh_token": refresh_token, "token_type": "Bearer",
-            "expires_in": auth.settings().access_token_ttl_s}
+            "expires_in": config.current().access_token_ttl_s}
 
 
 def login(email: str, password: str, origin: dict) -> dict:
