@@ -157,12 +157,37 @@ def _check_references(conn, resource: Resource, caller: Caller, values: Mapping[
 
 # --- reading ------------------------------------------------------------------------------------
 
-def _select_with_embeds(resource: Resource, caller: Caller, embed: list[str]):
-    """SELECT of the resource's public columns plus LEFT JOINed to-one embeds."""
+@dataclass(frozen=True)
+class _EmbedQuery:
+    """A SELECT with LEFT JOINed to-one embeds, and where each column of its rows goes."""
+
+    select: Any
+    base: tuple[tuple[int, str], ...]
+    nested: tuple[tuple[str, int, tuple[tuple[int, str], ...]], ...]  # (embed, index of its id, columns)
+
+    def split(self, row) -> dict:
+        item = {key: row[i] for i, key in self.base}
+        for name, id_index, columns in self.nested:
+            item[name] = {key: row[i] for i, key in columns} if row[id_index] is not None else None
+        return item
+
+
+_embed_queries: dict[tuple[int, tuple[str, ...]], _EmbedQuery] = {}
+EMBED_ORG = "embed_org_id"  # bind parameter: the caller's organization, in every join condition
+
+
+def _select_with_embeds(resource: Resource, embed: list[str]) -> _EmbedQuery:
+    """Built once per resource and combination of embeds (building joins and labels per request
+    cost more CPU than the query); executed with ``{EMBED_ORG: org_id}``."""
+    key = (id(resource), tuple(embed))
+    cached = _embed_queries.get(key)
+    if cached is not None:
+        return cached
     table = resource.table
     columns = list(resource.public_columns)
+    base = tuple(enumerate(c.name for c in columns))
     source = table
-    joined = []
+    nested = []
     for name in embed:
         relation = resource.embeds[name]
         if relation.column is None:
@@ -170,25 +195,17 @@ def _select_with_embeds(resource: Resource, caller: Caller, embed: list[str]):
         target = relation.target.alias(f"embed_{name}")
         source = source.outerjoin(
             target,
-            sa.and_(target.c.id == table.c[relation.column], *scoped(relation.target, caller.org_id, alias=target)),
+            sa.and_(target.c.id == table.c[relation.column],
+                    *scoped(relation.target, sa.bindparam(EMBED_ORG), alias=target)),
         )
-        columns += [c.label(f"{name}__{c.name}") for c in target.c if c.name not in relation.hidden]
-        joined.append(name)
-    return select(*columns).select_from(source), joined
-
-
-def _split_embeds(row: Mapping[str, Any], joined: list[str]) -> dict:
-    item = {}
-    nested: dict[str, dict] = {name: {} for name in joined}
-    for key, value in row.items():
-        embed_name, sep, column = key.partition("__")
-        if sep and embed_name in nested:
-            nested[embed_name][column] = value
-        else:
-            item[key] = value
-    for name, values in nested.items():
-        item[name] = values if values.get("id") is not None else None
-    return item
+        first = len(columns)
+        shown = [c for c in target.c if c.name not in relation.hidden]
+        columns += [c.label(f"{name}__{c.name}") for c in shown]
+        placed = tuple((first + i, c.name) for i, c in enumerate(shown))
+        nested.append((name, next(i for i, col in placed if col == "id"), placed))
+    built = _EmbedQuery(select(*columns).select_from(source), base, tuple(nested))
+    _embed_queries[key] = built
+    return built
 
 
 def _attach_many(conn, resource: Resource, caller: Caller, items: list[dict], embed: list[str]) -> None:
@@ -235,7 +252,8 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
     active = {name for name, value in (filters or {}).items() if value is not None}
     for name in active:
         conditions.append(resource.filters[name](table, filters[name]))
-    query, joined = _select_with_embeds(resource, caller, embed)
+    query = _select_with_embeds(resource, embed)
+    org = {EMBED_ORG: caller.org_id}
     newest_first = (table.c.created_at.desc(), table.c.id.desc())
     offset = (page - 1) * page_size
 
@@ -244,13 +262,14 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
         found = _search_page(conn, table, where, page_size, offset) if active & resource.search_filters else None
         if found is not None:
             total, estimated, ids = found
-            rows = conn.execute(query.where(table.c.id.in_(ids)).order_by(*newest_first)).mappings().all() if ids else []
+            page_query = query.select.where(table.c.id.in_(ids)).order_by(*newest_first)
+            rows = conn.execute(page_query, org).all() if ids else []
         else:
             total, estimated = _count(conn, table, where)
             rows = conn.execute(
-                query.where(*where).order_by(*newest_first).limit(page_size).offset(offset)
-            ).mappings().all()
-        items = [_split_embeds(row, joined) for row in rows]
+                query.select.where(*where).order_by(*newest_first).limit(page_size).offset(offset), org
+            ).all()
+        items = [query.split(row) for row in rows]
         if items:
             _attach_many(conn, resource, caller, items, embed)
         return {resource.plural: items, "total": total, "total_estimated": estimated}
@@ -303,17 +322,18 @@ def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str]
             parent_id: str | None = None) -> dict:
     """One live row of the caller's organization, or 404."""
     embed = embed or []
-    query, joined = _select_with_embeds(resource, caller, embed)
+    query = _select_with_embeds(resource, embed)
     table = resource.table
 
     def work(conn):
         conditions = _parent_conditions(conn, resource, caller, parent_id)
         row = conn.execute(
-            query.where(table.c.id == row_id, *scoped(table, caller.org_id), *conditions)
-        ).mappings().first()
+            query.select.where(table.c.id == row_id, *scoped(table, caller.org_id), *conditions),
+            {EMBED_ORG: caller.org_id},
+        ).first()
         if row is None:
             raise ApiError("NOT_FOUND", f"{resource.name} not found")
-        item = _split_embeds(row, joined)
+        item = query.split(row)
         _attach_many(conn, resource, caller, [item], embed)
         return item
 
