@@ -7,6 +7,7 @@ indistinguishable from a row that does not exist.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Mapping
@@ -302,20 +303,33 @@ def _search_page(conn, table: Table, where: list, page_size: int, offset: int):
     return total, False, [row.id for row in rows]
 
 
+_estimates: dict[tuple, tuple[float, int]] = {}
+ESTIMATE_TTL_S = 30.0
+
+
 def _count(conn, table: Table, where: list) -> tuple[int, bool]:
     """The number of matching rows: exact up to COUNT_EXACT_LIMIT, the planner's estimate beyond.
 
     Counting every row of a large organization costs as much as reading it; past the limit the
     estimate (never below the limit) is what a pager needs, and ``total_estimated`` says so.
+    An estimate is kept for 30 s, so paging through a large list does not count it again.
     """
     limit = config.current().count_exact_limit
+    query = select(sa.literal(1)).select_from(table).where(*where).compile(dialect=conn.dialect)
+    key = (limit, str(query), tuple(sorted((k, str(v)) for k, v in query.params.items())))
+    cached = _estimates.get(key)
+    if cached is not None and time.monotonic() - cached[0] < ESTIMATE_TTL_S:
+        return cached[1], True
     capped = select(sa.literal(1)).select_from(table).where(*where).limit(limit + 1).subquery()
     counted = conn.execute(select(func.count()).select_from(capped)).scalar_one()
     if counted <= limit:
         return counted, False
-    query = select(sa.literal(1)).select_from(table).where(*where).compile(dialect=conn.dialect)
     plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(query), query.params).scalar_one()
-    return max(int(plan[0]["Plan"]["Plan Rows"]), limit + 1), True
+    estimate = max(int(plan[0]["Plan"]["Plan Rows"]), limit + 1)
+    if len(_estimates) > 10_000:
+        _estimates.clear()
+    _estimates[key] = (time.monotonic(), estimate)
+    return estimate, True
 
 
 def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str] | None = None,
