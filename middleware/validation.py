@@ -52,7 +52,10 @@ def _is_date_time(value) -> bool:
     if isinstance(value, str):
         if not _DATE_TIME.fullmatch(value):
             raise ValueError("expected an RFC 3339 date-time with an offset")
-        parse_instant(value)
+        try:
+            parse_instant(value)
+        except ApiError as exc:
+            raise ValueError(exc.message) from exc
     return True
 
 
@@ -70,8 +73,10 @@ def parse_instant(value: str) -> datetime.datetime:
     instant = datetime.datetime.fromisoformat(text)
     try:
         return instant.astimezone(datetime.timezone.utc)
-    except OverflowError:  # year 1 with a positive offset: keep the offset PostgreSQL can read
-        return instant
+    except OverflowError as exc:
+        # Year 1 with a positive offset is year 0 in UTC: PostgreSQL would store it, but no
+        # client (Python's datetime included) could read it back.
+        raise ApiError("VALIDATION_ERROR", f"{value} is before 0001-01-01T00:00:00Z") from exc
 
 
 def _exact_multiple_of(validator, step, instance, schema):

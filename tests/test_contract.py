@@ -7,6 +7,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 import config
+import tests.contract_hooks  # noqa: F401  (registers the hooks)
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 

@@ -4,6 +4,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import config
+import tests.contract_hooks  # noqa: F401  (registers the hooks)
 
 
 def test_workflows_through_links_keep_the_contract(app, contract_org):

@@ -89,3 +89,12 @@ def test_paths_with_control_characters_are_404_not_500(client, org_a):
         response = client.get(path, headers=org_a.headers)
         assert response.status_code == 404, path
         assert error_of(response)["code"] == "NOT_FOUND"
+
+
+def test_instants_before_year_one_in_utc_are_400(client, org_a):
+    body = {"original_amount": 10, "lender": "Bank", "start_date": "0001-01-01T00:00:00+01:00"}
+    refused = client.post("/loans", json=body, headers=org_a.headers)
+    assert refused.status_code == 400 and error_of(refused)["field"] == "start_date"
+    fine = client.post("/loans", json={**body, "start_date": "0001-01-01T02:00:00+01:00"}, headers=org_a.headers)
+    assert fine.status_code == 201
+    assert client.get(f"/loans/{fine.json()['data']['id']}", headers=org_a.headers).json()["data"]["start_date"].startswith("0001-01-01T01:00:00")
