@@ -99,7 +99,6 @@ _UNIQUE_FIELDS = {
     "inventory_item_sku_live_key": "sku",
     "role_name_key": "name",
 }
-_FK_COLUMNS = re.compile(r"\(org_id, (\w+)\)|\((\w+)\)=")
 
 
 def from_database_error(exc) -> ApiError | None:

@@ -19,7 +19,7 @@ from middleware.tenancy import client_ip
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,100}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", "POST", "PUT", "PATCH"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Patient data must not be cached by browsers or proxies, nor content-sniffed.
 _SECURITY_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 

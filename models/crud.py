@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Mapping
 
@@ -77,11 +78,11 @@ class Resource:
     after_update: Hook | None = None
     after_delete: Hook | None = None
 
-    @property
+    @cached_property  # read on every request; the table never changes
     def public_columns(self) -> list:
         return [c for c in self.table.c if c.name not in self.hidden]
 
-    @property
+    @cached_property
     def writable(self) -> frozenset[str]:
         internal = {"id", "org_id", "created_at", "updated_at", "deleted_at"}
         if self.parent:
