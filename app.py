@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import config
 from middleware import auth, errors, observability, ratelimit
+from middleware.flask_bridge import FlaskBridge
 from middleware.http import Edge
 from middleware.routes import RouteTable
 from middleware.validation import VALIDATORS
@@ -47,6 +48,7 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         specification_dir=str(SPEC_DIR),
         lifespan=_close_pool_on_shutdown,
         jsonifier=Jsonifier(json, separators=(",", ":")),
+        security_map=auth.SECURITY_MAP,
     )
     app.add_api(
         "openapi.yaml",
@@ -56,6 +58,8 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         pythonic_params=True,
         validator_map=VALIDATORS,
     )
+    # connexion exposes no option for how Flask is called; its a2wsgi adapter is replaced here.
+    app._middleware_app.asgi_app = FlaskBridge(app.app.wsgi_app, settings.request_threads)
     for exc_class in (errors.ApiError, connexion.ProblemException, HTTPException, Exception):
         app.add_error_handler(exc_class, errors.connexion_handler)
     app.app.register_error_handler(Exception, errors.flask_handler)

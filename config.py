@@ -64,6 +64,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Handler threads per worker; 0 runs handlers on the worker's event loop (middleware/flask_bridge.py).
+    request_threads: int = 0
     log_level: str = "INFO"
     rate_limit_default: str = "100/minute"
     rate_limit_login: str = "10/minute"
@@ -124,6 +126,7 @@ def load(env=None, *, serving: bool = True) -> Settings:
         host=env.get("HOST", defaults.host),
         port=_int("PORT", defaults.port, env),
         workers=_int("WEB_CONCURRENCY", defaults.workers, env),
+        request_threads=_int("REQUEST_THREADS", defaults.request_threads, env),
         log_level=env.get("LOG_LEVEL", defaults.log_level).upper(),
         rate_limit_default=env.get("RATE_LIMIT_DEFAULT", defaults.rate_limit_default),
         rate_limit_login=env.get("RATE_LIMIT_LOGIN", defaults.rate_limit_login),
@@ -191,6 +194,8 @@ def check(settings: Settings, *, serving: bool = True) -> None:
         raise ConfigError("APPOINTMENT_DEFAULT_MINUTES must be between 1 and 1440")
     if settings.access_token_ttl_s <= 0 or settings.refresh_token_ttl_s <= 0:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS and REFRESH_TOKEN_TTL_SECONDS must be positive")
+    if not 0 <= settings.request_threads <= 64:
+        raise ConfigError("REQUEST_THREADS must be between 0 and 64")
 
 
 def test_database_url(env=None) -> str | None:

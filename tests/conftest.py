@@ -143,8 +143,10 @@ def api_schema(app):
 
 @pytest.fixture(scope="session")
 def live_server(database_url):
-    """The app served by uvicorn in another process, for tests that need real concurrency."""
-    process, base = spawn_server(database_url)
+    """The app served by uvicorn in another process, for tests that need real concurrency: with
+    handler threads, so that requests really overlap in the database (the default of 0 would
+    serve them one after another)."""
+    process, base = spawn_server(database_url, REQUEST_THREADS="8")
     yield base
     process.terminate()
     process.wait(timeout=30)

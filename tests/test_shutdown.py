@@ -33,7 +33,11 @@ def test_sigterm_drains_requests_and_leaves_no_open_transactions(database_url, o
         threads = [threading.Thread(target=call) for _ in range(30)]
         for thread in threads:
             thread.start()
-        time.sleep(0.05)
+        # Signal once the server is busy with them: the first answer shows it has read requests
+        # (a worker without handler threads reads the others while it finishes the first).
+        deadline = time.monotonic() + 10
+        while not results and time.monotonic() < deadline:
+            time.sleep(0.005)
         server.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join()
