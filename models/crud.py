@@ -83,6 +83,12 @@ class Resource:
         return [c for c in self.table.c if c.name not in self.hidden]
 
     @cached_property
+    def insert(self):
+        """INSERT ... RETURNING the public columns; the values come as execute parameters, so
+        the statement (and its cache key) is built once instead of per request."""
+        return self.table.insert().returning(*self.public_columns)
+
+    @cached_property
     def writable(self) -> frozenset[str]:
         internal = {"id", "org_id", "created_at", "updated_at", "deleted_at"}
         if self.parent:
@@ -146,15 +152,29 @@ def _check_references(conn, resource: Resource, caller: Caller, values: Mapping[
               if values.get(name) is not None}
     if not wanted:
         return
-    probes = [
-        sa.exists().where(target.c.id == values[name], *scoped(target, caller.org_id)).label(name)
-        for name, target in wanted.items()
-    ]
-    found = conn.execute(select(*probes)).mappings().one()
+    found = conn.execute(_reference_probe(resource, tuple(wanted)),
+                         {EMBED_ORG: caller.org_id, **{name: values[name] for name in wanted}}).mappings().one()
     for name in wanted:
         if not found[name]:
             raise ApiError("INVALID_REFERENCE",
                            f"{name} does not name a record of this organization", field=name)
+
+
+_reference_probes: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _reference_probe(resource: Resource, names: tuple[str, ...]):
+    """One EXISTS per reference, as a single SELECT built once per combination of references.
+
+    Bound as ``{EMBED_ORG: org_id, name: id, ...}``."""
+    key = (id(resource), names)
+    probe = _reference_probes.get(key)
+    if probe is None:
+        probe = _reference_probes[key] = select(*[
+            sa.exists().where(target.c.id == sa.bindparam(name), *scoped(target, sa.bindparam(EMBED_ORG))).label(name)
+            for name, target in ((n, resource.references[n]) for n in names)
+        ])
+    return probe
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -390,10 +410,7 @@ def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
         _check_references(conn, resource, caller, values)
         if resource.before_create:
             values = resource.before_create(conn, caller, values)
-        row = conn.execute(
-            table.insert().values(org_id=caller.org_id, **values).returning(*resource.public_columns)
-        ).mappings().one()
-        created = dict(row)
+        created = _insert(conn, resource, {"org_id": caller.org_id, **values})
         if resource.after_create:
             resource.after_create(conn, caller, created)
         audit.record_for(conn, caller, "create", resource.name, created["id"], after=created)
@@ -439,6 +456,17 @@ def delete_row(resource: Resource, caller: Caller, row_id: str, *, parent_id: st
         if resource.after_delete:
             resource.after_delete(conn, caller, before)
         audit.record_for(conn, caller, "delete", resource.name, row_id, before=before, after=after)
+
+
+def _insert(conn, resource: Resource, values: Mapping[str, Any]) -> dict:
+    """The new row; SQL expressions among the values (a hook's ``now()``) go inline."""
+    expressions = {k: v for k, v in values.items() if isinstance(v, sa.sql.ClauseElement)}
+    if expressions:
+        statement = resource.insert.values(**expressions)
+        values = {k: v for k, v in values.items() if k not in expressions}
+    else:
+        statement = resource.insert
+    return dict(conn.execute(statement, values).mappings().one())
 
 
 def _write(conn, resource: Resource, caller: Caller, row_id: str, values: Mapping[str, Any]) -> dict:
