@@ -117,6 +117,7 @@ async def run(url: str, scenario_name: str, connections: int, duration: float) -
         ids=Path(ids_file).read_text().split() if ids_file else [],
         branch_id=os.environ.get("BENCH_BRANCH_ID", ""),
         max_page=int(os.environ.get("BENCH_MAX_PAGE", "50")),
+        min_page=int(os.environ.get("BENCH_MIN_PAGE", "1")),
         term=term,
     )
     parts = urlsplit(url)

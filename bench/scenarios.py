@@ -24,6 +24,7 @@ class Context:
     ids: list[str]
     branch_id: str
     max_page: int = 50
+    min_page: int = 1
     term: str = ""
     tag: str = field(default_factory=lambda: str(int(time.time())))
 
@@ -44,7 +45,7 @@ def _get_patient(ctx: Context, rng: random.Random, _seq) -> Request:
 
 
 def _list_patients(ctx: Context, rng: random.Random, _seq) -> Request:
-    return "GET", f"/patients?page={rng.randint(1, ctx.max_page)}&pageSize=20", None
+    return "GET", f"/patients?page={rng.randint(ctx.min_page, ctx.max_page)}&pageSize=20", None
 
 
 def _search(ctx: Context, _rng, _seq) -> Request:

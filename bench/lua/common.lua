@@ -5,7 +5,7 @@
 --   BENCH_IDS_FILE   one patient id per line (get-by-id picks among them)
 --   BENCH_BRANCH_ID  branch named by create-patient bodies
 --   BENCH_TERM       search term (search.lua)
---   BENCH_MAX_PAGE   list pages are drawn from 1..BENCH_MAX_PAGE
+--   BENCH_MAX_PAGE   list pages are drawn from BENCH_MIN_PAGE (default 1)..BENCH_MAX_PAGE
 --
 -- Each thread counts responses with status >= 300 in `errors`; done() adds them up and prints one
 -- line "BENCH_RESULT {json}" that bench/run.py parses. Latencies are in microseconds.
@@ -15,6 +15,7 @@ local thread_count = 0
 
 token = os.getenv("BENCH_TOKEN") or ""
 max_page = tonumber(os.getenv("BENCH_MAX_PAGE") or "50")
+min_page = tonumber(os.getenv("BENCH_MIN_PAGE") or "1")
 
 function base_headers()
   local h = {}
