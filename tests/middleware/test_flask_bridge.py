@@ -1,0 +1,55 @@
+"""How Flask is called (middleware/flask_bridge.py): on the event loop by default, or on threads."""
+import asyncio
+
+import pytest
+
+import config
+from middleware.flask_bridge import FlaskBridge
+from tests.conftest import error_of
+
+
+@pytest.mark.parametrize("value", ["-1", "65", "two"])
+def test_request_threads_out_of_range_refuse_to_start(value):
+    with pytest.raises(config.ConfigError, match="REQUEST_THREADS"):
+        config.load({"APP_ENV": "production", "JWT_SECRET": "s" * 40, "REQUEST_THREADS": value})
+
+
+def test_handler_threads_serve_the_same_answers(app_with, make_org):
+    """The threaded path carries connexion's context into the thread: caller, body, errors."""
+    threaded = app_with(request_threads=2)
+    org = make_org()
+    client = threaded.test_client()
+    created = client.post("/patients", json={"branch_id": org.branch_id, "name": "Threaded"}, headers=org.headers)
+    assert created.status_code == 201, created.text
+    read = client.get(f"/patients/{created.json()['data']['id']}", headers=org.headers)
+    assert read.status_code == 200 and read.json()["data"]["name"] == "Threaded"
+    assert read.headers["ETag"] == created.headers["ETag"]
+    refused = client.post("/patients", content=b"{not json", headers={**org.headers, "Content-Type": "application/json"})
+    assert refused.status_code == 400 and error_of(refused)["code"] == "MALFORMED_REQUEST"
+    assert client.get("/patients/00000000-0000-0000-0000-000000000000", headers=org.headers).status_code == 404
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_body_chunks_and_multi_chunk_answers_are_joined(threads):
+    """A body sent in several ASGI messages reaches WSGI whole; an iterable answer is sent as one."""
+    def echo(environ, start_response):
+        body = environ["wsgi.input"].read()
+        start_response("201 Created", [("Content-Type", "text/plain"), ("X-Seen", str(len(body)))])
+        return [b"got:", body]
+
+    bridge = FlaskBridge(echo, threads)
+    incoming = [{"type": "http.request", "body": b"ab", "more_body": True},
+                {"type": "http.request", "body": b"cd", "more_body": False}]
+    sent = []
+
+    async def receive():
+        return incoming.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/echo", "query_string": b"", "headers": [],
+             "http_version": "1.1", "server": ("test", 80), "client": ("127.0.0.1", 1), "scheme": "http"}
+    asyncio.run(bridge(scope, receive, send))
+    assert sent[0]["status"] == 201 and (b"x-seen", b"4") in sent[0]["headers"]
+    assert sent[1] == {"type": "http.response.body", "body": b"got:abcd"}
