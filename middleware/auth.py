@@ -6,12 +6,11 @@ against each operation's security requirement before the handler runs.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
 import uuid
-
-import functools
 
 import bcrypt
 import jwt

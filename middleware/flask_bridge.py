@@ -54,16 +54,16 @@ def _run_wsgi(wsgi_app, environ: dict, response: _BufferedResponse) -> None:
             close()
 
 
-async def _read_body(receive) -> bytes:
+async def _read_body(receive) -> bytes | None:
+    """The whole request body, or None when the client went away before sending all of it."""
     parts = []
     while True:
         message = await receive()
-        if message["type"] != "http.request":  # http.disconnect: nobody is waiting for an answer
-            break
+        if message["type"] != "http.request":  # http.disconnect
+            return None
         parts.append(message.get("body", b""))
         if not message.get("more_body", False):
-            break
-    return b"".join(parts)
+            return b"".join(parts)
 
 
 async def _not_http(scope, receive, send) -> None:
@@ -89,6 +89,8 @@ class FlaskBridge:
             await _not_http(scope, receive, send)
             return
         body = await _read_body(receive)
+        if body is None:  # a cut-off body must not reach a handler (it could write), and nobody waits
+            return
         environ = build_environ(scope, io.BytesIO(body))
         response = _BufferedResponse()
         # With no threads the handler runs right here, on the event loop: the worker serves one

@@ -29,17 +29,8 @@ def test_handler_threads_serve_the_same_answers(app_with, make_org):
     assert client.get("/patients/00000000-0000-0000-0000-000000000000", headers=org.headers).status_code == 404
 
 
-@pytest.mark.parametrize("threads", [0, 2])
-def test_body_chunks_and_multi_chunk_answers_are_joined(threads):
-    """A body sent in several ASGI messages reaches WSGI whole; an iterable answer is sent as one."""
-    def echo(environ, start_response):
-        body = environ["wsgi.input"].read()
-        start_response("201 Created", [("Content-Type", "text/plain"), ("X-Seen", str(len(body)))])
-        return [b"got:", body]
-
-    bridge = FlaskBridge(echo, threads)
-    incoming = [{"type": "http.request", "body": b"ab", "more_body": True},
-                {"type": "http.request", "body": b"cd", "more_body": False}]
+def _drive(bridge: FlaskBridge, incoming: list[dict]) -> list[dict]:
+    """Send one POST made of the ``incoming`` ASGI messages through the bridge; what it sent back."""
     sent = []
 
     async def receive():
@@ -51,5 +42,31 @@ def test_body_chunks_and_multi_chunk_answers_are_joined(threads):
     scope = {"type": "http", "method": "POST", "path": "/echo", "query_string": b"", "headers": [],
              "http_version": "1.1", "server": ("test", 80), "client": ("127.0.0.1", 1), "scheme": "http"}
     asyncio.run(bridge(scope, receive, send))
+    return sent
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_body_chunks_and_multi_chunk_answers_are_joined(threads):
+    """A body sent in several ASGI messages reaches WSGI whole; an iterable answer is sent as one."""
+    def echo(environ, start_response):
+        body = environ["wsgi.input"].read()
+        start_response("201 Created", [("Content-Type", "text/plain"), ("X-Seen", str(len(body)))])
+        return [b"got:", body]
+
+    sent = _drive(FlaskBridge(echo, threads), [{"type": "http.request", "body": b"ab", "more_body": True},
+                                               {"type": "http.request", "body": b"cd", "more_body": False}])
     assert sent[0]["status"] == 201 and (b"x-seen", b"4") in sent[0]["headers"]
     assert sent[1] == {"type": "http.response.body", "body": b"got:abcd"}
+
+
+def test_a_client_gone_mid_body_never_reaches_the_handler():
+    called = []
+
+    def app(environ, start_response):
+        called.append(environ["wsgi.input"].read())
+        start_response("200 OK", [])
+        return [b""]
+
+    sent = _drive(FlaskBridge(app, 0), [{"type": "http.request", "body": b'{"name": "Tru', "more_body": True},
+                                        {"type": "http.disconnect"}])
+    assert called == [] and sent == []
