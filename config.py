@@ -86,6 +86,7 @@ class Settings:
     appointment_default_minutes: int = 30
     idempotency_ttl_hours: int = 24
     count_exact_limit: int = 10_000
+    search_count_exact_limit: int = 1_000
     sentry_dsn: str = ""
 
     @property
@@ -147,6 +148,7 @@ def load(env=None, *, serving: bool = True) -> Settings:
         appointment_default_minutes=_int("APPOINTMENT_DEFAULT_MINUTES", defaults.appointment_default_minutes, env),
         idempotency_ttl_hours=_int("IDEMPOTENCY_TTL_HOURS", defaults.idempotency_ttl_hours, env),
         count_exact_limit=_int("COUNT_EXACT_LIMIT", defaults.count_exact_limit, env),
+        search_count_exact_limit=_int("SEARCH_COUNT_EXACT_LIMIT", defaults.search_count_exact_limit, env),
         sentry_dsn=env.get("SENTRY_DSN", ""),
     )
     if settings.is_development and not settings.jwt_secret:
@@ -196,6 +198,8 @@ def check(settings: Settings, *, serving: bool = True) -> None:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS and REFRESH_TOKEN_TTL_SECONDS must be positive")
     if not 0 <= settings.request_threads <= 64:
         raise ConfigError("REQUEST_THREADS must be between 0 and 64")
+    if settings.count_exact_limit < 1 or settings.search_count_exact_limit < 1:
+        raise ConfigError("COUNT_EXACT_LIMIT and SEARCH_COUNT_EXACT_LIMIT must be at least 1")
 
 
 def test_database_url(env=None) -> str | None:

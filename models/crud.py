@@ -62,8 +62,8 @@ class Resource:
     write_only: frozenset[str] = frozenset()
     # Columns only the server moves (a post's likes, an item's last_updated).
     read_only: frozenset[str] = frozenset()
-    # Filters served by an index of their own (trigram search): with one of them, the matching
-    # rows are collected through that index first, then counted and sorted in the same statement.
+    # Free-text filters: with one of them, a total is exact only up to SEARCH_COUNT_EXACT_LIMIT
+    # (proving that a common term has 8,000 matches costs what reading them does).
     search_filters: frozenset[str] = frozenset()
     # A sub-resource lives under one parent row (loan payments under a loan): the column that
     # names it and the parent's table. A missing parent is a 404, like a missing row.
@@ -285,22 +285,28 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
     newest_first = (table.c.created_at.desc(), table.c.id.desc())
     offset = (page - 1) * page_size
     count_key = (resource.name, caller.org_id, parent_id, tuple(sorted((n, repr(filters[n])) for n in active)))
+    settings = config.current()
+    searching = bool(active & resource.search_filters)
+    exact_limit = settings.search_count_exact_limit if searching else settings.count_exact_limit
 
     def work(conn):
         where = conditions + _parent_conditions(conn, resource, caller, parent_id)
-        found = _search_page(conn, table, where, page_size, offset) if active & resource.search_filters else None
+        # A term already known to match more than the limit skips straight to the estimate.
+        found = None
+        if searching and _cached_estimate(count_key, exact_limit) is None:
+            found = _search_page(conn, table, where, page_size, offset, exact_limit)
         if found is not None:
             total, estimated, ids = found
-            page_query = query.select.where(table.c.id.in_(ids)).order_by(*newest_first)
-            rows = conn.execute(page_query, org).all() if ids else []
+            on_page = table.c.id.in_(ids) if ids else None
         else:
-            total, estimated = _count(conn, table, where, count_key)
+            total, estimated = _count(conn, table, where, count_key, exact_limit)
             # The page's ids come from the list index alone (a deep page skips index entries, not
             # rows), and only those rows are joined to their embeds. Joined first, the planner
             # hashed every appointment of the organization with its patients before sorting:
             # 18 ms against 0.7 ms for a page with three embeds at 1,000 appointments.
             page_ids = select(table.c.id).where(*where).order_by(*newest_first).limit(page_size).offset(offset)
-            rows = conn.execute(query.select.where(table.c.id.in_(page_ids)).order_by(*newest_first), org).all()
+            on_page = table.c.id.in_(page_ids)
+        rows = [] if on_page is None else conn.execute(query.select.where(on_page).order_by(*newest_first), org).all()
         items = [query.split(row) for row in rows]
         if items:
             _attach_many(conn, resource, caller, items, embed)
@@ -309,15 +315,14 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
     return database.read(work)
 
 
-def _search_page(conn, table: Table, where: list, page_size: int, offset: int):
-    """(total, False, ids of the page) in one statement, when no more than COUNT_EXACT_LIMIT match.
+def _search_page(conn, table: Table, where: list, page_size: int, offset: int, limit: int):
+    """(total, False, ids of the page) in one statement, when no more than ``limit`` rows match.
 
-    Walking the newest-first index and filtering row by row reads tens of thousands of rows for a
-    common search term; collecting the matches through the search index, then counting and
-    sorting them, reads only the matches. Returns None when there are more (the caller then
-    estimates and walks the index, which finds a page quickly when matches are that common).
+    A rare term's matches come from the trigram index, so counting and sorting them in the same
+    statement saves running that index scan a second time for the page. Returns None when more
+    match (the caller then estimates, and the page walks the list index, which holds
+    search_text: a common term fills a page within a few hundred index entries).
     """
-    limit = config.current().count_exact_limit
     matches = select(table.c.id, table.c.created_at).where(*where).limit(limit + 1).subquery()
     rows = conn.execute(
         select(func.count().over().label("total"), matches.c.id)
@@ -338,19 +343,17 @@ _estimates: dict[tuple, tuple[float, int]] = {}
 ESTIMATE_TTL_S = 30.0
 
 
-def _count(conn, table: Table, where: list, key: tuple) -> tuple[int, bool]:
-    """The number of matching rows: exact up to COUNT_EXACT_LIMIT, the planner's estimate beyond.
+def _count(conn, table: Table, where: list, key: tuple, limit: int) -> tuple[int, bool]:
+    """The number of matching rows: exact up to ``limit``, the planner's estimate beyond.
 
     Counting every row of a large organization costs as much as reading it; past the limit the
     estimate (never below the limit) is what a pager needs, and ``total_estimated`` says so.
     An estimate is kept for 30 s under ``key`` (resource, organization, parent and filter values:
     what decides ``where``), so paging through a large list does not count it again.
     """
-    limit = config.current().count_exact_limit
-    key = (limit, *key)
-    cached = _estimates.get(key)
-    if cached is not None and time.monotonic() - cached[0] < ESTIMATE_TTL_S:
-        return cached[1], True
+    cached = _cached_estimate(key, limit)
+    if cached is not None:
+        return cached, True
     capped = select(sa.literal(1)).select_from(table).where(*where).limit(limit + 1).subquery()
     counted = conn.execute(select(func.count()).select_from(capped)).scalar_one()
     if counted <= limit:
@@ -360,8 +363,15 @@ def _count(conn, table: Table, where: list, key: tuple) -> tuple[int, bool]:
     estimate = max(int(plan[0]["Plan"]["Plan Rows"]), limit + 1)
     if len(_estimates) > 10_000:
         _estimates.clear()
-    _estimates[key] = (time.monotonic(), estimate)
+    _estimates[(limit, *key)] = (time.monotonic(), estimate)
     return estimate, True
+
+
+def _cached_estimate(key: tuple, limit: int) -> int | None:
+    cached = _estimates.get((limit, *key))
+    if cached is not None and time.monotonic() - cached[0] < ESTIMATE_TTL_S:
+        return cached[1]
+    return None
 
 
 def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str] | None = None,

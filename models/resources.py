@@ -46,13 +46,9 @@ def on_day(column: str):
     return clause
 
 
-def patient_search_text(table):
-    """Must stay identical to the expression of patient_search_trgm_idx (sql/0005)."""
-    return table.c.name + " " + t.sa_coalesce(table.c.email) + " " + t.sa_coalesce(table.c.phone)
-
-
 def patient_search(table, term: str):
-    return patient_search_text(table).ilike(f"%{_escape_like(term)}%")
+    # search_text is lower-cased by PostgreSQL; lowering the pattern there too is what ILIKE does.
+    return table.c.search_text.like(func.lower(f"%{_escape_like(term)}%"))
 
 
 def low_stock(table, wanted: bool):
@@ -67,7 +63,7 @@ def has_tag(table, tag: str):
 # --- embeds -------------------------------------------------------------------------------------
 
 BRANCH = Embed(t.branch, column="branch_id")
-PATIENT = Embed(t.patient, column="patient_id")
+PATIENT = Embed(t.patient, column="patient_id", hidden=frozenset({"search_text"}))
 STAFF = Embed(t.staff, column="staff_id", hidden=STAFF_SECRETS)
 SUPPLIER = Embed(t.supplier, column="supplier_id")
 PAYMENTS = Embed(t.loan_payment, back_column="loan_id")
@@ -222,6 +218,7 @@ PATIENTS = Resource(
     references={"branch_id": t.branch},
     filters={"status": equals("status"), "branch_id": equals("branch_id"), "search": patient_search},
     embeds={"branch": BRANCH},
+    hidden=frozenset({"search_text"}),
     search_filters=frozenset({"search"}),
 )
 

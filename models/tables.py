@@ -8,6 +8,7 @@ from sqlalchemy import (
     CHAR,
     Boolean,
     Column,
+    Computed,
     Date,
     Integer,
     MetaData,
@@ -15,7 +16,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
@@ -25,10 +25,6 @@ metadata = MetaData()
 # Columns that never leave the server, whatever the resource or embed.
 STAFF_SECRETS = frozenset({"password_hash"})
 
-
-def sa_coalesce(column):
-    """coalesce(column, '') as the search indexes write it."""
-    return func.coalesce(column, "")
 
 NOW = text("now()")
 NEW_UUID = text("gen_random_uuid()")
@@ -101,6 +97,9 @@ patient = Table(
     Column("status", String(20), nullable=False, server_default=text("'active'")),
     Column("photo", Text),
     *_timestamps(),
+    # What search matches (sql/0019): kept by PostgreSQL, never written or shown by the API.
+    Column("search_text", Text, Computed(
+        "lower(name || ' ' || coalesce(email, '') || ' ' || coalesce(phone, ''))", persisted=True)),
 )
 
 supplier = Table(

@@ -72,6 +72,28 @@ def test_search_matches_name_email_or_phone_case_insensitively(client, org_a):
     assert wildcard["total"] == 0
 
 
+def test_search_folds_non_ascii_case_and_follows_edits(client, org_a):
+    # search_text is lower-cased by PostgreSQL (sql/0019): this holds ILIKE's behaviour to it.
+    emile = create_patient(client, org_a, name="Émile Zoë Ångström")
+    for term in ("émile", "ZOË", "ångSTRÖM"):
+        found = client.get("/patients", params={"search": term}, headers=org_a.headers).json()["data"]
+        assert [p["id"] for p in found["patients"]] == [emile["id"]], term
+    client.patch(f"/patients/{emile['id']}", json={"name": "Renamed"}, headers=org_a.headers)
+    stale = client.get("/patients", params={"search": "émile"}, headers=org_a.headers).json()["data"]
+    fresh = client.get("/patients", params={"search": "renamed"}, headers=org_a.headers).json()["data"]
+    assert stale["total"] == 0 and [p["id"] for p in fresh["patients"]] == [emile["id"]]
+
+
+def test_the_search_column_never_leaves_the_server(client, org_a):
+    patient = create_patient(client, org_a)
+    got = client.get(f"/patients/{patient['id']}", headers=org_a.headers).json()["data"]
+    listed = client.get("/patients", headers=org_a.headers).json()["data"]["patients"]
+    assert "search_text" not in patient and "search_text" not in got and "search_text" not in listed[0]
+    written = client.post("/patients", json={"branch_id": org_a.branch_id, "name": "X", "search_text": "y"},
+                          headers=org_a.headers)
+    assert written.status_code == 400 and error_of(written)["field"] == "search_text"
+
+
 def test_status_and_branch_filters(client, org_a):
     active = create_patient(client, org_a)
     inactive = create_patient(client, org_a, status="inactive")
@@ -201,7 +223,7 @@ def test_totals_are_exact_up_to_the_limit_then_estimated(app_with, make_org):
 
 
 def test_search_pages_and_totals_past_the_exact_limit(app_with, make_org):
-    limited = app_with(count_exact_limit=3)
+    limited = app_with(search_count_exact_limit=3)
     org = make_org()
     client = limited.test_client()
     ids = [client.post("/patients", json={"branch_id": org.branch_id, "name": f"Searchable {i}"},
@@ -210,7 +232,9 @@ def test_search_pages_and_totals_past_the_exact_limit(app_with, make_org):
     assert few["total"] == 1 and few["total_estimated"] is False
     many = client.get("/patients?search=searchable&pageSize=2&page=2", headers=org.headers).json()["data"]
     assert many["total_estimated"] is True and [p["id"] for p in many["patients"]] == ids[::-1][2:4]
-    exact = app_with(count_exact_limit=100).test_client()
+    # The list's own limit does not apply to searches, and the search limit not to plain lists.
+    assert client.get("/patients", headers=org.headers).json()["data"]["total_estimated"] is False
+    exact = app_with(count_exact_limit=3, search_count_exact_limit=100).test_client()
     page = exact.get("/patients?search=searchable&pageSize=2&page=3", headers=org.headers).json()["data"]
     assert page["total"] == 5 and [p["id"] for p in page["patients"]] == [ids[0]]
     beyond = exact.get("/patients?search=searchable&pageSize=2&page=9", headers=org.headers).json()["data"]

@@ -11,6 +11,11 @@ YOYO_TABLES = {"_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock"}
 def _default(value) -> str | None:
     if value is None:
         return None
+    if isinstance(value, sa.Computed):
+        # PostgreSQL prints a generated column's expression with casts, every parenthesis and
+        # upper-case function names.
+        expression = re.sub(r"::[a-z ]+(\[\])?|[()\s]", "", str(value.sqltext)).lower()
+        return f"generated {'stored' if value.persisted else 'virtual'}: {expression}"
     text = str(getattr(value, "arg", value))
     text = getattr(text, "text", text)
     return re.sub(r"::[a-z ]+(\[\])?", "", str(text)).strip()
