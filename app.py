@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 
 import connexion
-from connexion.jsonifier import Jsonifier
 from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
 from inflection import underscore
@@ -15,8 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 import config
-from middleware import auth, errors, observability, ratelimit
-from middleware.flask_bridge import FlaskBridge
+from handlers import JSONIFIER
+from middleware import auth, errors, flask_bridge, observability, ratelimit
 from middleware.http import Edge
 from middleware.routes import RouteTable
 from middleware.validation import VALIDATORS
@@ -47,7 +45,7 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         __name__,
         specification_dir=str(SPEC_DIR),
         lifespan=_close_pool_on_shutdown,
-        jsonifier=Jsonifier(json, separators=(",", ":")),
+        jsonifier=JSONIFIER,
         security_map=auth.SECURITY_MAP,
     )
     app.add_api(
@@ -58,8 +56,7 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         pythonic_params=True,
         validator_map=VALIDATORS,
     )
-    # connexion exposes no option for how Flask is called; its a2wsgi adapter is replaced here.
-    app._middleware_app.asgi_app = FlaskBridge(app.app.wsgi_app, settings.request_threads)
+    flask_bridge.install(app, settings.request_threads)
     for exc_class in (errors.ApiError, connexion.ProblemException, HTTPException, Exception):
         app.add_error_handler(exc_class, errors.connexion_handler)
     app.app.register_error_handler(Exception, errors.flask_handler)

@@ -1,7 +1,10 @@
 """Operation handlers. Each module binds one resource's operationIds; the engine does the work."""
 from __future__ import annotations
 
+import json
+
 import flask
+from connexion.jsonifier import Jsonifier
 
 from middleware.tenancy import check_org, current_caller
 from models import crud
@@ -12,9 +15,15 @@ from models.idempotency import IdempotentRequest
 _CONTEXT_KEYS = ("user", "token_info", "org_id")
 
 
-def ok(data, status: int = 200, headers: dict | None = None):
-    """The success envelope."""
-    return {"success": True, "data": data, "error": None}, status, headers or {}
+# How every success body is written (connexion is given the same one in app.py).
+JSONIFIER = Jsonifier(json, separators=(",", ":"))
+
+
+def ok(data, status: int = 200, headers: dict | None = None) -> flask.Response:
+    """The success envelope, as a finished response: connexion passes a Flask response through,
+    where a tuple would be unpacked and its content type inferred from the spec on every request."""
+    body = JSONIFIER.dumps({"success": True, "data": data, "error": None})
+    return flask.Response(body, status=status, headers=headers, content_type="application/json")
 
 
 def no_content():
@@ -42,10 +51,10 @@ def created(resource: Resource, body: dict, *, parent_id: str | None = None):
     """Create a row (once per Idempotency-Key) and answer 201 with its ETag."""
     idempotency = idempotent_request(body)
     row = crud.create_row(resource, current_caller(), body, parent_id=parent_id, idempotency=idempotency)
-    envelope, status, headers = one(row, 201)
+    response = one(row, 201)
     if idempotency is not None and idempotency.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return envelope, status, headers
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 def crud_operations(resource: Resource) -> tuple:

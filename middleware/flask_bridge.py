@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import io
 from concurrent.futures import ThreadPoolExecutor
 
+import connexion
+import flask
 from a2wsgi.wsgi import build_environ
+from connexion.apps.flask import FlaskOperation
+from connexion.decorators import FlaskDecorator
 
 
 class _BufferedResponse:
@@ -105,3 +110,53 @@ class FlaskBridge:
                 self.executor, context.run, _run_wsgi, self.wsgi_app, environ, response)
         await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
         await send({"type": "http.response.body", "body": b"".join(response.chunks)})
+
+
+class _DecoratedOnce(FlaskDecorator):
+    """connexion's FlaskDecorator, minus the rebuilding.
+
+    connexion builds a new decorator for every call of a view (``FlaskOperation.fn`` is a
+    property), which re-decorates the handler, inspects its signature and builds a URI parser from
+    the operation's parameters, every request: about 0.2 ms of a 1.6 ms get-by-id. None of it
+    depends on the request, so here it happens once per operation.
+    """
+
+    def __call__(self, function):
+        decorated = self.decorate(function)
+        uri_parser = None
+
+        @functools.wraps(function)
+        def view(*_args, **_kwargs):  # Flask's URL arguments: connexion reads them from the request
+            nonlocal uri_parser
+            if uri_parser is None:  # needs the operation, which only a request context names
+                uri_parser = self.uri_parser
+            return decorated(self.framework.get_request(uri_parser=uri_parser))
+
+        return view
+
+
+def _decorate_operations_once(app: flask.Flask) -> None:
+    """Swap each operation's view for one decorated once (see ``_DecoratedOnce``)."""
+    for endpoint, view in list(app.view_functions.items()):
+        if isinstance(view, FlaskOperation):
+            once = _DecoratedOnce(pythonic_params=view.pythonic_params, jsonifier=view.jsonifier)
+            app.view_functions[endpoint] = once(view._fn)
+
+
+def install(app: connexion.FlaskApp, threads: int) -> None:
+    """Call ``app``'s Flask side through FlaskBridge, with views decorated once.
+
+    connexion exposes no option for either, so its private FlaskASGIApp is adjusted: its a2wsgi
+    adapter is replaced, and its add_api, which connexion calls when it builds the middleware
+    stack on the first event (not in FlaskApp.add_api), swaps the new views as they register.
+    """
+    asgi_app = app._middleware_app
+    asgi_app.asgi_app = FlaskBridge(asgi_app.app.wsgi_app, threads)
+    register = asgi_app.add_api
+
+    def add_api(*args, **kwargs):
+        api = register(*args, **kwargs)
+        _decorate_operations_once(asgi_app.app)
+        return api
+
+    asgi_app.add_api = add_api

@@ -195,6 +195,14 @@ class ParametersValidator(ParameterValidator):
     here each schema is compiled once.
     """
 
+    def __init__(self, parameters, uri_parser, strict_validation=False, security_query_params=None):
+        # connexion appends a path item's parameters to the operation's own list in place
+        # (operations/openapi.py, ``self._parameters += path_parameters``) each time it builds the
+        # operation, once per middleware: GET /patients/{id} arrived with ``id`` six times, and
+        # each copy was validated. One check per (location, name) is what the spec means.
+        unique = {(p["in"], p["name"]): p for p in parameters}
+        super().__init__(list(unique.values()), uri_parser, strict_validation, security_query_params)
+
     @staticmethod
     def validate_parameter(parameter_type, value, param, param_name=None):
         if is_nullable(param) and is_null(value):

@@ -29,6 +29,27 @@ def test_handler_threads_serve_the_same_answers(app_with, make_org):
     assert client.get("/patients/00000000-0000-0000-0000-000000000000", headers=org.headers).status_code == 404
 
 
+def test_operations_are_decorated_once(app, client, org_a):
+    """connexion would rebuild each view's decorators per request; install() swaps them once the
+    views register. If connexion moved that registration, this is where it shows."""
+    from connexion.apps.flask import FlaskOperation
+
+    assert client.get("/patients", headers=org_a.headers).status_code == 200
+    views = app.app.view_functions
+    assert views and not [name for name, view in views.items() if isinstance(view, FlaskOperation)]
+
+
+def test_a_path_parameter_is_validated_once():
+    """connexion hands the validator a path item's parameters once per middleware that built it."""
+    from middleware.validation import ParametersValidator
+
+    id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    embed = {"name": "embed", "in": "query", "schema": {"type": "string"}}
+    validator = ParametersValidator([embed, id_param, dict(id_param), dict(id_param)], uri_parser=None)
+    assert [p["name"] for p in validator.parameters["path"]] == ["id"]
+    assert [p["name"] for p in validator.parameters["query"]] == ["embed"]
+
+
 def _drive(bridge: FlaskBridge, incoming: list[dict]) -> list[dict]:
     """Send one POST made of the ``incoming`` ASGI messages through the bridge; what it sent back."""
     sent = []
