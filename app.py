@@ -17,7 +17,7 @@ from handlers import JSONIFIER
 from middleware import auth, errors, flask_bridge, observability, ratelimit
 from middleware.http import Edge
 from middleware.routes import RouteTable
-from middleware.validation import VALIDATORS
+from middleware.validation import MIDDLEWARES, VALIDATORS
 from models import database
 
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
@@ -47,6 +47,7 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         lifespan=_close_pool_on_shutdown,
         jsonifier=JSONIFIER,
         security_map=auth.SECURITY_MAP,
+        middlewares=list(MIDDLEWARES),
     )
     app.add_api(
         "openapi.yaml",

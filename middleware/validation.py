@@ -14,6 +14,12 @@ import uuid
 import typing as t
 
 from connexion.json_schema import Draft4RequestValidator, Draft4ResponseValidator, allow_nullable
+from connexion.middleware import ConnexionMiddleware
+from connexion.middleware.request_validation import (
+    RequestValidationAPI,
+    RequestValidationMiddleware,
+    RequestValidationOperation,
+)
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, JSONResponseBodyValidator
 from connexion.utils import is_null, is_nullable
 from connexion.validators.parameter import ParameterValidator
@@ -240,6 +246,68 @@ class ParametersValidator(ParameterValidator):
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "invalid value"
+
+
+class _ValidatedOnce(RequestValidationOperation):
+    """connexion's request validation, with its validators built once per operation.
+
+    connexion's ``__call__`` builds two URI parsers, a parameter validator and a body validator
+    on every request, from the same operation each time. This is its ``__call__`` (connexion
+    3.3.0) with those kept: the parameter validator, and a body validator per (media type,
+    charset), the only request-dependent inputs.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        operation = self._operation
+        self._parameters = self._validator_map["parameter"](
+            operation.parameters,
+            uri_parser=operation._uri_parser_class(operation.parameters, operation.body_definition()),
+            strict_validation=self.strict_validation,
+            security_query_params=self.security_query_params,
+        )
+        self._bodies: dict[tuple[str, str], t.Any] = {}
+
+    def _body_validator(self, mime_type: str, encoding: str):
+        key = (mime_type, encoding)
+        if key not in self._bodies:
+            operation = self._operation
+            schema = operation.body_schema(mime_type)
+            validator_cls = self._validator_map["body"].get(mime_type) if schema else None
+            self._bodies[key] = validator_cls and validator_cls(
+                schema=schema,
+                required=operation.request_body.get("required", False),
+                nullable=is_nullable(operation.body_definition(mime_type)),
+                encoding=encoding,
+                strict_validation=self.strict_validation,
+                uri_parser=operation.uri_parser_class(operation.parameters, operation.body_definition()),
+            )
+        return self._bodies[key]
+
+    async def __call__(self, scope, receive, send):
+        self._parameters.validate(scope)
+        mime_type, encoding = self.extract_content_type(scope["headers"])
+        self.validate_mime_type(mime_type)
+        body = self._body_validator(mime_type, encoding)
+        if body is not None:
+            receive, scope = await body.wrap_receive(receive, scope=scope)
+        await self.next_app(scope, receive, send)
+
+
+class _ValidatedOnceAPI(RequestValidationAPI):
+    def make_operation(self, operation):
+        return _ValidatedOnce(self.next_app, operation=operation, strict_validation=self.strict_validation,
+                              validator_map=self.validator_map)
+
+
+class RequestValidation(RequestValidationMiddleware):
+    api_cls = _ValidatedOnceAPI
+
+
+# connexion's middleware stack with request validation built once per operation. A tuple: each
+# app needs a list of its own, since connexion inserts added middlewares into the one it is given.
+MIDDLEWARES = tuple(RequestValidation if layer is RequestValidationMiddleware else layer
+                    for layer in ConnexionMiddleware.default_middlewares)
 
 
 VALIDATORS = {
