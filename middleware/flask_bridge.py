@@ -26,6 +26,7 @@ import flask
 from a2wsgi.wsgi import build_environ
 from connexion.apps.flask import FlaskOperation
 from connexion.decorators import FlaskDecorator
+from connexion.decorators.parameter import SyncParameterDecorator
 
 
 class _BufferedResponse:
@@ -112,6 +113,16 @@ class FlaskBridge:
         await send({"type": "http.response.body", "body": b"".join(response.chunks)})
 
 
+class _RememberedNames(SyncParameterDecorator):
+    """connexion turns each parameter name into its Python form (``pageSize`` -> ``page_size``)
+    with three regular expressions and inflection's, per parameter and request; the answer for a
+    name never changes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.sanitize_fn = functools.lru_cache(maxsize=256)(self.sanitize_fn)
+
+
 class _DecoratedOnce(FlaskDecorator):
     """connexion's FlaskDecorator, minus the rebuilding.
 
@@ -120,6 +131,8 @@ class _DecoratedOnce(FlaskDecorator):
     the operation's parameters, every request: about 0.2 ms of a 1.6 ms get-by-id. None of it
     depends on the request, so here it happens once per operation.
     """
+
+    _parameter_decorator_cls = _RememberedNames
 
     def __call__(self, function):
         decorated = self.decorate(function)
