@@ -73,16 +73,29 @@ def _pool_gauges() -> None:
         pass
 
 
+# prometheus_client's labels() checks and locks on every call; the label sets a request can
+# produce are few (methods x route templates x statuses), so each child is looked up once.
+_children: dict[tuple, object] = {}
+
+
+def _child(metric, *labels):
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def begin(method: str) -> None:
     """A request arrived (the edge calls ``record`` when it is answered)."""
-    IN_PROGRESS.labels(method).inc()
+    _child(IN_PROGRESS, method).inc()
 
 
 def record(method: str, route: str, status: int, elapsed: float, state: dict, path: str) -> None:
     """Count, time and log one answered request (called by the edge for every request)."""
-    IN_PROGRESS.labels(method).dec()
-    REQUESTS.labels(method, route, str(status)).inc()
-    LATENCY.labels(method, route).observe(elapsed)
+    _child(IN_PROGRESS, method).dec()
+    _child(REQUESTS, method, route, str(status)).inc()
+    _child(LATENCY, method, route).observe(elapsed)
     if status == 429 and state.get("rate_limited"):
         RATE_LIMITED.labels(state["rate_limited"]).inc()
     _pool_gauges()
