@@ -38,6 +38,7 @@ class Scenario:
     baseline: bool = False           # bench/baseline.py answers it too
     term: str | None = None          # search term, when the scenario searches
     pages_of: str | None = None      # table whose per-org size bounds the random page
+    writes: bool = False             # each server's run starts from a settled database
 
 
 def _get_patient(ctx: Context, rng: random.Random, _seq) -> Request:
@@ -83,5 +84,5 @@ def scenarios(common_term: str, rare_term: str) -> list[Scenario]:
         Scenario("list_appointments", "appointments +3 embeds", "list_appointments.lua",
                  _list_appointments, pages_of="appointment"),
         Scenario("create_patient", "create patient", "create_patient.lua", _create_patient,
-                 baseline=True),
+                 baseline=True, writes=True),
     ]
