@@ -248,6 +248,9 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "invalid value"
 
 
+_BODY_VALIDATORS_KEPT = 8
+
+
 class _ValidatedOnce(RequestValidationOperation):
     """connexion's request validation, with its validators built once per operation.
 
@@ -270,19 +273,24 @@ class _ValidatedOnce(RequestValidationOperation):
 
     def _body_validator(self, mime_type: str, encoding: str):
         key = (mime_type, encoding)
-        if key not in self._bodies:
-            operation = self._operation
-            schema = operation.body_schema(mime_type)
-            validator_cls = self._validator_map["body"].get(mime_type) if schema else None
-            self._bodies[key] = validator_cls and validator_cls(
-                schema=schema,
-                required=operation.request_body.get("required", False),
-                nullable=is_nullable(operation.body_definition(mime_type)),
-                encoding=encoding,
-                strict_validation=self.strict_validation,
-                uri_parser=operation.uri_parser_class(operation.parameters, operation.body_definition()),
-            )
-        return self._bodies[key]
+        if key in self._bodies:
+            return self._bodies[key]
+        operation = self._operation
+        schema = operation.body_schema(mime_type)
+        validator_cls = self._validator_map["body"].get(mime_type) if schema else None
+        validator = validator_cls and validator_cls(
+            schema=schema,
+            required=operation.request_body.get("required", False),
+            nullable=is_nullable(operation.body_definition(mime_type)),
+            encoding=encoding,
+            strict_validation=self.strict_validation,
+            uri_parser=operation.uri_parser_class(operation.parameters, operation.body_definition()),
+        )
+        # Both parts of the key come from the client's Content-Type (a GET accepts any): a few
+        # are kept, the rest built per request as connexion does, so no client can grow this.
+        if len(self._bodies) < _BODY_VALIDATORS_KEPT:
+            self._bodies[key] = validator
+        return validator
 
     async def __call__(self, scope, receive, send):
         self._parameters.validate(scope)

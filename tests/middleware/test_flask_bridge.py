@@ -50,6 +50,28 @@ def test_a_path_parameter_is_validated_once():
     assert [p["name"] for p in validator.parameters["query"]] == ["embed"]
 
 
+def test_validators_kept_per_operation_are_bounded(app_with, make_org, monkeypatch):
+    """Request validators are kept per operation and Content-Type; a client naming many content
+    types cannot grow that cache."""
+    from middleware import validation
+
+    made = []
+    build = validation._ValidatedOnce.__init__
+
+    def remember(self, *args, **kwargs):
+        build(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(validation._ValidatedOnce, "__init__", remember)
+    client = app_with().test_client()
+    org = make_org()
+    for n in range(3 * validation._BODY_VALIDATORS_KEPT):
+        answer = client.get("/patients", headers={**org.headers, "Content-Type": f"text/x-{n}"})
+        assert answer.status_code == 200
+    listing = next(op for op in made if op._operation.operation_id == "handlers.patients.list_patients")
+    assert len(listing._bodies) == validation._BODY_VALIDATORS_KEPT
+
+
 def _drive(bridge: FlaskBridge, incoming: list[dict]) -> list[dict]:
     """Send one POST made of the ``incoming`` ASGI messages through the bridge; what it sent back."""
     sent = []
