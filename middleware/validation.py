@@ -130,7 +130,8 @@ def _message(error: ValidationError, field: str | None) -> str:
     return f"{field}: {error.message}" if field else error.message
 
 
-# Connexion builds a body validator per request; the compiled schema is kept per operation here.
+# Connexion builds a response validator per response (and _ValidatedOnce a body validator per
+# uncommon Content-Type); each schema is compiled once, here.
 _compiled: dict[int, tuple[dict, t.Any]] = {}
 
 

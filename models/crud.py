@@ -295,11 +295,13 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
         found = None
         if searching and _cached_estimate(count_key, exact_limit) is None:
             found = _search_page(conn, table, where, page_size, offset, exact_limit)
-        if found is not None:
-            total, estimated, ids = found
-            on_page = table.c.id.in_(ids) if ids else None
+        if found is not None and found[0] <= exact_limit:
+            total, estimated = found[0], False
+            on_page = table.c.id.in_(found[1]) if found[1] else None
         else:
-            total, estimated = _count(conn, table, where, count_key, exact_limit)
+            # A probe that found more than the limit has counted already: only the estimate is left.
+            counted = None if found is None else found[0]
+            total, estimated = _count(conn, table, where, count_key, exact_limit, counted)
             # The page's ids come from the list index alone (a deep page skips index entries, not
             # rows), and only those rows are joined to their embeds. Joined first, the planner
             # hashed every appointment of the organization with its patients before sorting:
@@ -316,12 +318,13 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
 
 
 def _search_page(conn, table: Table, where: list, page_size: int, offset: int, limit: int):
-    """(total, False, ids of the page) in one statement, when no more than ``limit`` rows match.
+    """(matches counted up to ``limit + 1``, ids of the page) in one statement.
 
     A rare term's matches come from the trigram index, so counting and sorting them in the same
-    statement saves running that index scan a second time for the page. Returns None when more
-    match (the caller then estimates, and the page walks the list index, which holds
-    search_text: a common term fills a page within a few hundred index entries).
+    statement saves running that index scan a second time for the page. When more than ``limit``
+    match, the ids are not the page (the caller estimates, and the page walks the list index,
+    which holds search_text: a common term fills a page within a few hundred index entries).
+    None past the last page, where the caller's count says how many there are.
     """
     matches = select(table.c.id, table.c.created_at).where(*where).limit(limit + 1).subquery()
     rows = conn.execute(
@@ -330,32 +333,30 @@ def _search_page(conn, table: Table, where: list, page_size: int, offset: int, l
         .limit(page_size).offset(offset)
     ).all()
     if not rows:
-        if offset == 0:
-            return 0, False, []
-        return None  # past the last page: the caller's count says how many there are
-    total = rows[0].total
-    if total > limit:
-        return None
-    return total, False, [row.id for row in rows]
+        return (0, []) if offset == 0 else None
+    return rows[0].total, [row.id for row in rows]
 
 
 _estimates: dict[tuple, tuple[float, int]] = {}
 ESTIMATE_TTL_S = 30.0
 
 
-def _count(conn, table: Table, where: list, key: tuple, limit: int) -> tuple[int, bool]:
+def _count(conn, table: Table, where: list, key: tuple, limit: int,
+           counted: int | None = None) -> tuple[int, bool]:
     """The number of matching rows: exact up to ``limit``, the planner's estimate beyond.
 
     Counting every row of a large organization costs as much as reading it; past the limit the
     estimate (never below the limit) is what a pager needs, and ``total_estimated`` says so.
     An estimate is kept for 30 s under ``key`` (resource, organization, parent and filter values:
     what decides ``where``), so paging through a large list does not count it again.
+    ``counted``, when given, is a count already capped at ``limit + 1``.
     """
     cached = _cached_estimate(key, limit)
     if cached is not None:
         return cached, True
-    capped = select(sa.literal(1)).select_from(table).where(*where).limit(limit + 1).subquery()
-    counted = conn.execute(select(func.count()).select_from(capped)).scalar_one()
+    if counted is None:
+        capped = select(sa.literal(1)).select_from(table).where(*where).limit(limit + 1).subquery()
+        counted = conn.execute(select(func.count()).select_from(capped)).scalar_one()
     if counted <= limit:
         return counted, False
     query = select(sa.literal(1)).select_from(table).where(*where).compile(dialect=conn.dialect)
@@ -408,7 +409,6 @@ def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
     With an idempotency key, a retry returns the first create's row instead of a second row.
     """
     values = _incoming(resource, caller, body)
-    table = resource.table
     with current_engine().begin() as conn:
         if idempotency is not None:
             replay = idempotency_keys.claim(conn, caller, idempotency)

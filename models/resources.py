@@ -14,7 +14,7 @@ from middleware.validation import parse_instant
 from models import accounts
 from models import tables as t
 from models.crud import Embed, Resource, equals, scoped
-from models.tables import STAFF_SECRETS
+from models.tables import PATIENT_INTERNAL, STAFF_SECRETS
 
 CENT = Decimal("0.01")
 
@@ -63,7 +63,7 @@ def has_tag(table, tag: str):
 # --- embeds -------------------------------------------------------------------------------------
 
 BRANCH = Embed(t.branch, column="branch_id")
-PATIENT = Embed(t.patient, column="patient_id", hidden=frozenset({"search_text"}))
+PATIENT = Embed(t.patient, column="patient_id", hidden=PATIENT_INTERNAL)
 STAFF = Embed(t.staff, column="staff_id", hidden=STAFF_SECRETS)
 SUPPLIER = Embed(t.supplier, column="supplier_id")
 PAYMENTS = Embed(t.loan_payment, back_column="loan_id")
@@ -218,7 +218,7 @@ PATIENTS = Resource(
     references={"branch_id": t.branch},
     filters={"status": equals("status"), "branch_id": equals("branch_id"), "search": patient_search},
     embeds={"branch": BRANCH},
-    hidden=frozenset({"search_text"}),
+    hidden=PATIENT_INTERNAL,
     search_filters=frozenset({"search"}),
 )
 

@@ -24,6 +24,7 @@ metadata = MetaData()
 
 # Columns that never leave the server, whatever the resource or embed.
 STAFF_SECRETS = frozenset({"password_hash"})
+PATIENT_INTERNAL = frozenset({"search_text"})  # kept by PostgreSQL for search (sql/0019)
 
 
 NOW = text("now()")
@@ -97,7 +98,7 @@ patient = Table(
     Column("status", String(20), nullable=False, server_default=text("'active'")),
     Column("photo", Text),
     *_timestamps(),
-    # What search matches (sql/0019): kept by PostgreSQL, never written or shown by the API.
+    # What search matches (sql/0019): kept by PostgreSQL, never written or shown (PATIENT_INTERNAL).
     Column("search_text", Text, Computed(
         "lower(name || ' ' || coalesce(email, '') || ' ' || coalesce(phone, ''))", persisted=True)),
 )

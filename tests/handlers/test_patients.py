@@ -239,3 +239,29 @@ def test_search_pages_and_totals_past_the_exact_limit(app_with, make_org):
     assert page["total"] == 5 and [p["id"] for p in page["patients"]] == [ids[0]]
     beyond = exact.get("/patients?search=searchable&pageSize=2&page=9", headers=org.headers).json()["data"]
     assert beyond["total"] == 5 and beyond["patients"] == []
+
+
+def test_a_search_over_the_limit_is_counted_once(app_with, make_org):
+    """The probe that finds more matches than the limit has counted them; only the estimate is
+    asked of the database after it, not a second count."""
+    import sqlalchemy as sa
+
+    from models import database
+
+    client = app_with(search_count_exact_limit=2).test_client()
+    org = make_org()
+    for i in range(4):
+        client.post("/patients", json={"branch_id": org.branch_id, "name": f"Countonce {i}"}, headers=org.headers)
+    statements = []
+
+    def remember(_conn, _cursor, statement, *_args):
+        statements.append(statement.lower())
+
+    reader = database.current_pools().reader
+    sa.event.listen(reader, "before_cursor_execute", remember)
+    try:
+        found = client.get("/patients?search=countonce&pageSize=2", headers=org.headers).json()["data"]
+    finally:
+        sa.event.remove(reader, "before_cursor_execute", remember)
+    assert found["total_estimated"] is True and len(found["patients"]) == 2
+    assert len([s for s in statements if "count(" in s]) == 1
