@@ -6,7 +6,9 @@ import logging
 from pathlib import Path
 
 import connexion
-from connexion.middleware import MiddlewarePosition
+from connexion.middleware import ConnexionMiddleware, MiddlewarePosition
+from connexion.middleware.request_validation import RequestValidationMiddleware
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.resolver import Resolver
 from inflection import underscore
 from starlette.exceptions import HTTPException
@@ -16,11 +18,17 @@ import config
 from handlers import JSONIFIER
 from middleware import auth, errors, flask_bridge, observability, ratelimit
 from middleware.http import Edge
-from middleware.routes import RouteTable
-from middleware.validation import MIDDLEWARES, VALIDATORS
+from middleware.routes import RouteTable, SwaggerUI
+from middleware.validation import VALIDATORS, RequestValidation
 from models import database
 
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
+
+# connexion's middleware stack, with two of its layers replaced by versions that do less per
+# request (see each). A tuple: each app needs a list of its own, since connexion inserts added
+# middlewares into the one it is given.
+_OURS = {RequestValidationMiddleware: RequestValidation, SwaggerUIMiddleware: SwaggerUI}
+MIDDLEWARES = tuple(_OURS.get(layer, layer) for layer in ConnexionMiddleware.default_middlewares)
 
 
 class SnakeCaseResolver(Resolver):

@@ -26,7 +26,9 @@ import flask
 from a2wsgi.wsgi import build_environ
 from connexion.apps.flask import FlaskOperation
 from connexion.decorators import FlaskDecorator
-from connexion.decorators.parameter import SyncParameterDecorator
+from connexion.context import operation
+from connexion.decorators.parameter import SyncParameterDecorator, prep_kwargs, unwrap_decorators
+from connexion.utils import inspect_function_arguments
 
 
 class _BufferedResponse:
@@ -114,13 +116,33 @@ class FlaskBridge:
 
 
 class _RememberedNames(SyncParameterDecorator):
-    """connexion turns each parameter name into its Python form (``pageSize`` -> ``page_size``)
-    with three regular expressions and inflection's, per parameter and request; the answer for a
-    name never changes."""
+    """connexion's parameter decorator, minus work whose answer is known before the request.
+
+    It turns each parameter name into its Python form (``pageSize`` -> ``page_size``) with three
+    regular expressions and inflection's, per parameter and request; the answer for a name never
+    changes. And it reads the body and parses the form data of every request, a GET's included,
+    only for its own ``_get_body_argument`` to drop both when the operation declares no request
+    body: here neither is read then (about 2.5% of a get-by-id).
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.sanitize_fn = functools.lru_cache(maxsize=256)(self.sanitize_fn)
+
+    def __call__(self, function):
+        arguments, has_kwargs = inspect_function_arguments(unwrap_decorators(function))
+
+        @functools.wraps(function)
+        def wrapper(request):
+            if operation.is_request_body_defined:
+                body = self._maybe_get_body(request, arguments=arguments, has_kwargs=has_kwargs)
+                files = request.files()
+            else:
+                body, files = None, {}
+            return function(**prep_kwargs(request, request_body=body, files=files, arguments=arguments,
+                                          has_kwargs=has_kwargs, sanitize=self.sanitize_fn))
+
+        return wrapper
 
 
 class _DecoratedOnce(FlaskDecorator):

@@ -7,9 +7,9 @@ wrapper per message, which showed up as a fifth of a simple request's CPU.
 """
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
 from middleware import auth, observability
 from middleware.errors import ApiError, error_body
@@ -56,7 +56,8 @@ class Edge:
         headers = dict(scope["headers"])  # request header names arrive lower-cased
         request_id = headers.get(b"x-request-id", b"")
         if not _REQUEST_ID.fullmatch(request_id):
-            request_id = uuid.uuid4().hex.encode()
+            # 128 random bits as 32 hex digits, the shape of uuid4().hex at a fifth of its cost.
+            request_id = os.urandom(16).hex().encode()
             scope["headers"] = [h for h in scope["headers"] if h[0] != b"x-request-id"]
             scope["headers"].append((b"x-request-id", request_id))
         state["request_id"] = request_id.decode()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 
 _METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 _PARAMETER = re.compile(r"\\\{[^/]+?\\\}")  # an escaped {name} in re.escape()'s output
@@ -47,3 +48,27 @@ class RouteTable:
 def _pattern_of(template: str) -> str:
     """``/patients/{id}`` -> ``/patients/[^/]+``."""
     return _PARAMETER.sub("[^/]+", re.escape(template))
+
+
+class SwaggerUI(SwaggerUIMiddleware):
+    """connexion's Swagger UI layer, stepped over by requests that cannot be for it.
+
+    It runs a starlette router for every request, only to find that an API call is none of the
+    few paths it serves (``/openapi.json``, ``/ui``...) and pass it on unchanged, as here: the
+    paths its routes can match all start with one of their own paths.
+    """
+
+    def __init__(self, app):
+        super().__init__(app)
+        self._prefixes: tuple[str, ...] = ()
+
+    def add_api(self, specification, base_path=None, arguments=None, **kwargs):
+        super().add_api(specification, base_path=base_path, arguments=arguments, **kwargs)
+        self._prefixes = tuple(mount.path.rstrip("/") + route.path
+                               for mount in self.router.routes for route in mount.routes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not scope["path"].startswith(self._prefixes):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

@@ -14,7 +14,6 @@ import uuid
 import typing as t
 
 from connexion.json_schema import Draft4RequestValidator, Draft4ResponseValidator, allow_nullable
-from connexion.middleware import ConnexionMiddleware
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
     RequestValidationMiddleware,
@@ -311,12 +310,6 @@ class _ValidatedOnceAPI(RequestValidationAPI):
 
 class RequestValidation(RequestValidationMiddleware):
     api_cls = _ValidatedOnceAPI
-
-
-# connexion's middleware stack with request validation built once per operation. A tuple: each
-# app needs a list of its own, since connexion inserts added middlewares into the one it is given.
-MIDDLEWARES = tuple(RequestValidation if layer is RequestValidationMiddleware else layer
-                    for layer in ConnexionMiddleware.default_middlewares)
 
 
 VALIDATORS = {

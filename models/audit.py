@@ -46,6 +46,5 @@ def record_for(conn, caller, action: str, resource: str, resource_id=None, befor
         resource_id=resource_id,
         before=before,
         after=after,
-        origin={"ip_address": caller.ip_address, "user_agent": caller.user_agent,
-                "request_id": caller.request_id},
+        origin=caller.origin,
     )

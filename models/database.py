@@ -188,7 +188,10 @@ def create_pools(url: str, settings: Settings) -> Pools:
     pools = Pools(
         # A connection that died with a database restart is replaced before a write sees it.
         writer=sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, **common),
-        reader=sa.create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT", **common),
+        # An autocommit connection never holds a transaction, so the rollback the pool sends on
+        # every check-in would have nothing to undo.
+        reader=sa.create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT",
+                                pool_reset_on_return=None, **common),
     )
     for engine in (pools.writer, pools.reader):
         sa.event.listen(engine, "connect", _uuids_as_text)
