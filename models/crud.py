@@ -146,18 +146,25 @@ def _normalise(resource: Resource, values: dict) -> dict:
     return values
 
 
+def _wanted_references(resource: Resource, values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The reference fields that name a row (a null one names none and needs no check)."""
+    return tuple(name for name in resource.references if values.get(name) is not None)
+
+
+def _invalid_reference(name: str) -> ApiError:
+    return ApiError("INVALID_REFERENCE", f"{name} does not name a record of this organization", field=name)
+
+
 def _check_references(conn, resource: Resource, caller: Caller, values: Mapping[str, Any]) -> None:
     """Each referenced row must be a live row of the caller's organization (one query for all)."""
-    wanted = {name: target for name, target in resource.references.items()
-              if values.get(name) is not None}
+    wanted = _wanted_references(resource, values)
     if not wanted:
         return
-    found = conn.execute(_reference_probe(resource, tuple(wanted)),
+    found = conn.execute(_reference_probe(resource, wanted),
                          {EMBED_ORG: caller.org_id, **{name: values[name] for name in wanted}}).mappings().one()
     for name in wanted:
         if not found[name]:
-            raise ApiError("INVALID_REFERENCE",
-                           f"{name} does not name a record of this organization", field=name)
+            raise _invalid_reference(name)
 
 
 _reference_probes: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -171,10 +178,47 @@ def _reference_probe(resource: Resource, names: tuple[str, ...]):
     probe = _reference_probes.get(key)
     if probe is None:
         probe = _reference_probes[key] = select(*[
-            sa.exists().where(target.c.id == sa.bindparam(name), *scoped(target, sa.bindparam(EMBED_ORG))).label(name)
-            for name, target in ((n, resource.references[n]) for n in names)
+            _reference_exists(resource, name, sa.bindparam(name), sa.bindparam(EMBED_ORG)).label(name)
+            for name in names
         ])
     return probe
+
+
+def _reference_exists(resource: Resource, name: str, row_id, org_id):
+    target = resource.references[name]
+    return sa.exists().where(target.c.id == row_id, *scoped(target, org_id))
+
+
+# The suffix of the column that says whether a checked insert's reference named a live row.
+_FOUND = "__found"
+_checked_inserts: dict[tuple[int, tuple[str, ...], tuple[str, ...]], Any] = {}
+_CHECKED_INSERTS_KEPT = 1_000
+
+
+def _checked_insert(resource: Resource, names: tuple[str, ...], wanted: tuple[str, ...]):
+    """INSERT ... RETURNING, with each reference checked in the same statement::
+
+        WITH created AS (INSERT INTO patient (...) VALUES (...) RETURNING ...)
+        SELECT created.*, EXISTS (SELECT * FROM branch WHERE branch.id = created.branch_id
+                                  AND branch.org_id = created.org_id AND branch.deleted_at IS NULL)
+        FROM created
+
+    The client chooses which optional fields it sends, so the statements kept are bounded.
+    """
+    key = (id(resource), names, wanted)
+    statement = _checked_inserts.get(key)
+    if statement is None:
+        table = resource.table
+        created = (table.insert().values({name: sa.bindparam(name, type_=table.c[name].type) for name in names})
+                   .returning(*resource.public_columns).cte("created"))
+        statement = select(created, *[
+            _reference_exists(resource, name, created.c[name], created.c.org_id).label(name + _FOUND)
+            for name in wanted
+        ])
+        if len(_checked_inserts) >= _CHECKED_INSERTS_KEPT:
+            _checked_inserts.clear()
+        _checked_inserts[key] = statement
+    return statement
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -417,10 +461,15 @@ def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
         if resource.parent:
             _parent_conditions(conn, resource, caller, parent_id)
             values[resource.parent[0]] = parent_id
-        _check_references(conn, resource, caller, values)
         if resource.before_create:
+            # A hook may read the rows referenced: they are checked before it runs.
+            _check_references(conn, resource, caller, values)
             values = resource.before_create(conn, caller, values)
-        created = _insert(conn, resource, {"org_id": caller.org_id, **values})
+            created = _insert(conn, resource, {"org_id": caller.org_id, **values})
+        else:
+            # Without a hook, the INSERT checks them itself: one statement (and round trip) less.
+            created = _insert(conn, resource, {"org_id": caller.org_id, **values},
+                              references=_wanted_references(resource, values))
         if resource.after_create:
             resource.after_create(conn, caller, created)
         audit.record_for(conn, caller, "create", resource.name, created["id"], after=created)
@@ -468,12 +517,23 @@ def delete_row(resource: Resource, caller: Caller, row_id: str, *, parent_id: st
         audit.record_for(conn, caller, "delete", resource.name, row_id, before=before, after=after)
 
 
-def _insert(conn, resource: Resource, values: Mapping[str, Any]) -> dict:
-    """The new row; SQL expressions among the values (a hook's ``now()``) go inline."""
+def _insert(conn, resource: Resource, values: Mapping[str, Any], references: tuple[str, ...] = ()) -> dict:
+    """The new row; SQL expressions among the values (a hook's ``now()``) go inline.
+
+    With ``references``, the same statement checks that they name live rows of the row's
+    organization (and the transaction is refused, 422, when one does not)."""
     expressions = {k: v for k, v in values.items() if isinstance(v, sa.sql.ClauseElement)}
     if expressions:
+        if references:  # only hooks bring expressions, and a hooked resource's are checked before it
+            raise RuntimeError("a checked insert takes plain values only")
         statement = resource.insert.values(**expressions)
         values = {k: v for k, v in values.items() if k not in expressions}
+    elif references:
+        row = dict(conn.execute(_checked_insert(resource, tuple(values), references), values).mappings().one())
+        for name in references:
+            if not row.pop(name + _FOUND):
+                raise _invalid_reference(name)
+        return row
     else:
         statement = resource.insert
     return dict(conn.execute(statement, values).mappings().one())

@@ -169,6 +169,45 @@ def test_branch_of_another_organization_is_an_invalid_reference(client, org_a, o
     assert moved.status_code == 422 and error_of(moved)["field"] == "branch_id"
 
 
+def test_create_checks_its_branch_in_the_insert_itself(client, org_a, make_org, engine):
+    """No separate probe: one statement inserts the patient and checks its branch, then the audit
+    row; a branch that is missing, deleted or another organization's refuses the whole create."""
+    import sqlalchemy as sa
+
+    from models import database
+
+    statements = []
+
+    def remember(_conn, _cursor, statement, *_args):
+        statements.append(" ".join(statement.lower().split()))
+
+    writer = database.current_pools().writer
+    sa.event.listen(writer, "before_cursor_execute", remember)
+    try:
+        create_patient(client, org_a, name="One Statement")
+    finally:
+        sa.event.remove(writer, "before_cursor_execute", remember)
+    assert [s.split(" (")[0] for s in statements] == ["with created as", "insert into audit_log"]
+    assert "from branch where branch.id = created.branch_id" in statements[0]
+
+    other = make_org()
+    deleted = client.post("/branches", json={"name": "Closed"}, headers=org_a.headers).json()["data"]
+    assert client.delete(f"/branches/{deleted['id']}", headers=org_a.headers).status_code == 204
+    with engine.connect() as conn:
+        audits = conn.execute(sa.text("SELECT count(*) FROM audit_log WHERE org_id = :org"),
+                              {"org": org_a.org_id}).scalar_one()
+    for branch_id in (str(uuid.uuid4()), deleted["id"], other.branch_id):
+        body = {"branch_id": branch_id, "name": "Refused Reference"}
+        refused = client.post("/patients", json=body, headers=org_a.headers)
+        assert refused.status_code == 422, refused.text
+        assert error_of(refused)["code"] == "INVALID_REFERENCE" and error_of(refused)["field"] == "branch_id"
+    found = client.get("/patients?search=refused reference", headers=org_a.headers).json()["data"]
+    assert found["total"] == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM audit_log WHERE org_id = :org"),
+                            {"org": org_a.org_id}).scalar_one() == audits
+
+
 def test_body_validation_names_the_field(client, org_a):
     cases = [
         ({"name": "X"}, "branch_id"),
