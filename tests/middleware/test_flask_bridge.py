@@ -39,6 +39,39 @@ def test_operations_are_decorated_once(app, client, org_a):
     assert views and not [name for name, view in views.items() if isinstance(view, FlaskOperation)]
 
 
+def test_swagger_ui_is_served_and_stepped_over_by_api_calls(client, org_a):
+    """routes.SwaggerUI passes on what cannot be one of its paths without running its router; its
+    own paths still answer, and a near miss still gets the API's 404."""
+    assert client.get("/openapi.json").json()["openapi"].startswith("3.")
+    redirect = client.get("/ui", follow_redirects=False)
+    assert redirect.status_code == 307 and redirect.headers["location"].endswith("/ui/")
+    home = client.get("/ui/")
+    assert home.status_code == 200 and "swagger" in home.text.lower()
+    assert client.get("/patients", headers=org_a.headers).status_code == 200
+    near_miss = client.get("/uix", headers=org_a.headers)
+    assert near_miss.status_code == 404 and error_of(near_miss)["code"] == "NOT_FOUND"
+
+
+def test_a_get_never_reads_the_body(client, org_a, monkeypatch):
+    """An operation without a request body gets neither its body nor its form data read; one
+    with a body still does."""
+    from connexion.lifecycle import WSGIRequest
+
+    reads = []
+    for name in ("get_body", "files"):
+        original = getattr(WSGIRequest, name)
+
+        def counted(self, _original=original, _name=name):
+            reads.append(_name)
+            return _original(self)
+
+        monkeypatch.setattr(WSGIRequest, name, counted)
+    assert client.get("/patients", headers=org_a.headers).status_code == 200
+    assert reads == []
+    assert client.post("/branches", json={"name": "Read"}, headers=org_a.headers).status_code == 201
+    assert reads == ["get_body", "files"]
+
+
 def test_a_path_parameter_is_validated_once():
     """connexion hands the validator a path item's parameters once per middleware that built it."""
     from middleware.validation import ParametersValidator
