@@ -465,11 +465,11 @@ def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
             # A hook may read the rows referenced: they are checked before it runs.
             _check_references(conn, resource, caller, values)
             values = resource.before_create(conn, caller, values)
-            created = _insert(conn, resource, {"org_id": caller.org_id, **values})
+            references = ()
         else:
             # Without a hook, the INSERT checks them itself: one statement (and round trip) less.
-            created = _insert(conn, resource, {"org_id": caller.org_id, **values},
-                              references=_wanted_references(resource, values))
+            references = _wanted_references(resource, values)
+        created = _insert(conn, resource, {"org_id": caller.org_id, **values}, references=references)
         if resource.after_create:
             resource.after_create(conn, caller, created)
         audit.record_for(conn, caller, "create", resource.name, created["id"], after=created)
@@ -529,7 +529,9 @@ def _insert(conn, resource: Resource, values: Mapping[str, Any], references: tup
         statement = resource.insert.values(**expressions)
         values = {k: v for k, v in values.items() if k not in expressions}
     elif references:
-        row = dict(conn.execute(_checked_insert(resource, tuple(values), references), values).mappings().one())
+        # Sorted: the same fields sent in another order are the same statement.
+        statement = _checked_insert(resource, tuple(sorted(values)), references)
+        row = dict(conn.execute(statement, values).mappings().one())
         for name in references:
             if not row.pop(name + _FOUND):
                 raise _invalid_reference(name)

@@ -208,6 +208,20 @@ def test_create_checks_its_branch_in_the_insert_itself(client, org_a, make_org, 
                             {"org": org_a.org_id}).scalar_one() == audits
 
 
+def test_the_same_fields_in_another_order_reuse_one_checked_insert(client, org_a):
+    """The client orders the body's fields; the statements kept for checked inserts must not grow
+    with the orderings of one set of fields."""
+    from models import crud
+
+    fields = {"email": "order@example.com", "phone": "555 0101", "gender": "other"}
+    create_patient(client, org_a, **fields)
+    kept = len(crud._checked_inserts)
+    body = {"gender": "other", "phone": "555 0102", "name": "Reordered", "email": "order2@example.com",
+            "branch_id": org_a.branch_id}
+    assert client.post("/patients", json=body, headers=org_a.headers).status_code == 201
+    assert len(crud._checked_inserts) == kept
+
+
 def test_body_validation_names_the_field(client, org_a):
     cases = [
         ({"name": "X"}, "branch_id"),
