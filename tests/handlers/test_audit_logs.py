@@ -1,4 +1,5 @@
 """The audit trail: one row per change in the same transaction, sign-ins and role changes, read-only."""
+import contextlib
 import uuid
 
 import pytest
@@ -70,24 +71,37 @@ def test_conflict_writes_nothing(client, world, engine):
     assert len(audit_rows(engine, org.org_id)) == before
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_failed_audit_rolls_the_change_back(client, world, engine, monkeypatch, name):
-    from models import audit
+@contextlib.contextmanager
+def audit_rows_refused(engine, org_id):
+    """The database refuses every audit row of one organization, as broken storage would: the
+    refusal comes from PostgreSQL, so it reaches a create whose audit row is part of its own
+    statement as surely as one written by a second statement."""
+    trigger = f"refuse_audit_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE OR REPLACE FUNCTION test_refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'audit storage is broken'; END $$"))
+        conn.execute(sa.text(f"CREATE TRIGGER {trigger} BEFORE INSERT ON audit_log FOR EACH ROW "
+                             f"WHEN (NEW.org_id = '{uuid.UUID(org_id)}') EXECUTE FUNCTION test_refuse_audit()"))
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TRIGGER {trigger} ON audit_log"))
 
+
+@pytest.mark.parametrize("name", NAMES)
+def test_failed_audit_rolls_the_change_back(client, world, engine, name):
     path, key, create, patch, _, _ = RESOURCES[name]
     org = world.org
     existing = post(client, org, path, create(world))
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("audit storage is broken")
-
-    monkeypatch.setattr(audit, "record_for", broken)
     total = client.get(path, headers=org.headers).json()["data"]["total"]
-    failed_create = client.post(path, json=create(world), headers=org.headers)
-    failed_update = client.patch(f"{path}/{existing['id']}", json=patch, headers=org.headers)
-    failed_delete = client.delete(f"{path}/{existing['id']}", headers=org.headers)
+    with audit_rows_refused(engine, org.org_id):
+        failed_create = client.post(path, json=create(world), headers=org.headers)
+        failed_update = client.patch(f"{path}/{existing['id']}", json=patch, headers=org.headers)
+        failed_delete = client.delete(f"{path}/{existing['id']}", headers=org.headers)
     assert {failed_create.status_code, failed_update.status_code, failed_delete.status_code} == {500}
-    monkeypatch.undo()
+    assert error_of(failed_create)["code"] == "INTERNAL_ERROR"
     assert client.get(path, headers=org.headers).json()["data"]["total"] == total
     assert client.get(f"{path}/{existing['id']}", headers=org.headers).json()["data"] == existing
 
