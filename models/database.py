@@ -10,6 +10,7 @@ import datetime
 import decimal
 import json
 import logging
+import select
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -207,8 +208,7 @@ def create_pools(url: str, settings: Settings) -> Pools:
         },
     )
     pools = Pools(
-        # A connection that died with a database restart is replaced before a write sees it.
-        writer=sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, **common),
+        writer=sa.create_engine(sqlalchemy_url(url), **common),
         # An autocommit connection never holds a transaction, so the rollback the pool sends on
         # every check-in would have nothing to undo.
         reader=sa.create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT",
@@ -216,7 +216,30 @@ def create_pools(url: str, settings: Settings) -> Pools:
     )
     for engine in (pools.writer, pools.reader):
         sa.event.listen(engine, "connect", _uuids_as_text)
+    # A connection that died with a database restart is replaced before a write sees it.
+    sa.event.listen(pools.writer, "checkout", _closed_by_server_check(pools.writer.dialect))
     return pools
+
+
+def _closed_by_server_check(dialect):
+    """The writer pool's liveness check, usually without a round trip.
+
+    An idle connection has nothing to read. One that the server closed (a restart, a terminated
+    backend) has its FATAL message or end of stream waiting on the socket. Only then is the
+    connection pinged, and replaced if the ping fails. SQLAlchemy's ``pool_pre_ping`` pinged on
+    every checkout: a round trip and about 0.1 ms of worker CPU per write.
+    """
+    def check(dbapi_connection, _record, _proxy) -> None:
+        waiting = select.poll()
+        waiting.register(dbapi_connection.fileno(), select.POLLIN)
+        if not waiting.poll(0):
+            return
+        try:  # a notice or a parameter change may be waiting on a live connection too
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            raise sa.exc.DisconnectionError("the server closed this connection") from exc
+
+    return check
 
 
 def _uuids_as_text(dbapi_connection, _record) -> None:
