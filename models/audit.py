@@ -1,4 +1,5 @@
-"""Audit rows, written in the caller's transaction so a change and its record commit together."""
+"""Audit rows, written in the caller's transaction (or in the change's own statement) so a change
+and its record commit together."""
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
