@@ -158,39 +158,41 @@ def _invalid_reference(name: str) -> ApiError:
 def _check_references(conn, resource: Resource, caller: Caller, values: Mapping[str, Any]) -> None:
     """Each referenced row must be a live row of the caller's organization (one query for all)."""
     wanted = _wanted_references(resource, values)
-    if not wanted:
-        return
-    found = conn.execute(_reference_probe(resource, wanted),
-                         {EMBED_ORG: caller.org_id, **{name: values[name] for name in wanted}}).mappings().one()
+    if wanted:
+        found = conn.execute(_reference_probe(resource, wanted),
+                             {"org_id": caller.org_id, **{name: values[name] for name in wanted}})
+        _refuse_missing(wanted, found.mappings().one())
+
+
+def _refuse_missing(wanted: tuple[str, ...], found: Mapping[str, Any]) -> None:
     for name in wanted:
-        if not found[name]:
+        if not found[name + _FOUND]:
             raise _invalid_reference(name)
 
 
+# The suffix of the column that says whether a reference named a live row.
+_FOUND = "__found"
 _reference_probes: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
 def _reference_probe(resource: Resource, names: tuple[str, ...]):
-    """One EXISTS per reference, as a single SELECT built once per combination of references.
+    """One EXISTS per reference (``<name>__found``), as a single SELECT built once per
+    combination of references: a query of its own before an update or a hooked create, the
+    ``found`` part of an audited insert otherwise.
 
-    Bound as ``{EMBED_ORG: org_id, name: id, ...}``."""
+    Bound as ``{"org_id": org_id, name: id, ...}``, the names an INSERT binds its values with."""
     key = (id(resource), names)
     probe = _reference_probes.get(key)
     if probe is None:
-        probe = _reference_probes[key] = select(*[
-            _reference_exists(resource, name, sa.bindparam(name), sa.bindparam(EMBED_ORG)).label(name)
-            for name in names
-        ])
+        checks = []
+        for name in names:
+            target = resource.references[name]
+            exists = sa.exists().where(target.c.id == sa.bindparam(name), *scoped(target, sa.bindparam("org_id")))
+            checks.append(exists.label(name + _FOUND))
+        probe = _reference_probes[key] = select(*checks)
     return probe
 
 
-def _reference_exists(resource: Resource, name: str, row_id, org_id):
-    target = resource.references[name]
-    return sa.exists().where(target.c.id == row_id, *scoped(target, org_id))
-
-
-# The suffix of the column that says whether an audited insert's reference named a live row.
-_FOUND = "__found"
 _audited_inserts: dict[tuple[int, tuple[str, ...], tuple[str, ...]], Any] = {}
 _AUDITED_INSERTS_KEPT = 1_000
 
@@ -217,10 +219,7 @@ def _audited_insert(resource: Resource, names: tuple[str, ...], wanted: tuple[st
     row = select(*[sa.bindparam(name, type_=table.c[name].type) for name in names])
     found = None
     if wanted:
-        found = select(*[
-            _reference_exists(resource, name, sa.bindparam(name), sa.bindparam("org_id")).label(name + _FOUND)
-            for name in wanted
-        ]).cte("found")
+        found = _reference_probe(resource, wanted).cte("found")
         row = row.where(*[found.c[name + _FOUND] for name in wanted])
     created = table.insert().from_select(names, row).returning(*resource.public_columns).cte("created")
     audited = audit.insert_from(created, "create", resource.name).cte("audited")
@@ -242,9 +241,7 @@ def _insert_audited(conn, resource: Resource, caller: Caller, values: Mapping[st
     # Sorted: the same fields sent in another order are the same statement.
     statement = _audited_insert(resource, tuple(sorted(values)), wanted)
     row = conn.execute(statement, {**values, **audit.params_for(caller)}).mappings().one()
-    for name in wanted:
-        if not row[name + _FOUND]:
-            raise _invalid_reference(name)
+    _refuse_missing(wanted, row)
     return {column.name: row[column.name] for column in resource.public_columns}
 
 
