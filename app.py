@@ -54,7 +54,7 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         specification_dir=str(SPEC_DIR),
         lifespan=_close_pool_on_shutdown,
         jsonifier=JSONIFIER,
-        security_map=auth.SECURITY_MAP,
+        security_map=flask_bridge.SECURITY_MAP,
         middlewares=list(MIDDLEWARES),
     )
     app.add_api(

@@ -49,7 +49,7 @@ def cmd_create_org(settings, args) -> int:
 
 
 def _create_org(args, password):
-    from middleware.errors import ApiError, from_database_error
+    from errors import ApiError, from_database_error
     from models import accounts
     from sqlalchemy.exc import DBAPIError
 
@@ -66,10 +66,10 @@ def _create_org(args, password):
 
 
 def _with_app_engine(settings, url, action):
-    from middleware import auth
+    from models import credentials
 
     config.use(settings)
-    auth.configure(settings)
+    credentials.configure(settings)
     pools = database.create_pools(url, settings)
     database.install(pools)
     try:

@@ -1,15 +1,20 @@
 """Operation handlers. Each module binds one resource's operationIds; the engine does the work."""
 from __future__ import annotations
 
+import hashlib
 import json
+from typing import Any, Mapping
 
 import flask
 from connexion.jsonifier import Jsonifier
 
-from middleware.tenancy import check_org, current_caller
+import config
+from errors import ApiError
+from middleware.tenancy import current_caller
 from models import crud
 from models.crud import Resource
 from models.idempotency import IdempotentRequest
+from models.tenancy import check_org
 
 # Context values connexion passes to handlers that take **kwargs; they are not query filters.
 _CONTEXT_KEYS = ("user", "token_info", "org_id")
@@ -32,14 +37,45 @@ def no_content():
 
 def one(row: dict, status: int = 200):
     """A single resource, with its ETag; 304 when the client already holds this version."""
-    tag = crud.etag(row)
-    if status == 200 and flask.request.method == "GET" and crud.matches(flask.request.headers.get("If-None-Match"), tag):
+    tag = etag(row)
+    if status == 200 and flask.request.method == "GET" and matches(flask.request.headers.get("If-None-Match"), tag):
         return None, 304, {"ETag": tag}
     return ok(row, status, {"ETag": tag})
 
 
-def if_match() -> str | None:
-    return flask.request.headers.get("If-Match")
+# --- versions: ETag, If-Match, If-None-Match -----------------------------------------------------
+
+def etag(row: Mapping[str, Any]) -> str:
+    """A strong ETag that changes whenever the row does: every write moves updated_at."""
+    updated = row["updated_at"]
+    stamp = updated.isoformat() if hasattr(updated, "isoformat") else str(updated)
+    return '"' + hashlib.sha256(f"{row['id']}|{stamp}".encode()).hexdigest()[:20] + '"'
+
+
+def matches(header: str | None, current: str) -> bool:
+    """Strong comparison against an If-Match / If-None-Match list ('*' matches any)."""
+    if header is None:
+        return False
+    tags = [tag.strip() for tag in header.split(",")]
+    return "*" in tags or current in tags
+
+
+def if_match() -> crud.Precondition | None:
+    """The request's If-Match as the engine's precondition on the locked row (428 without one when
+    REQUIRE_IF_MATCH is on)."""
+    header = flask.request.headers.get("If-Match")
+    if header is None:
+        if config.current().require_if_match:
+            raise ApiError("PRECONDITION_REQUIRED", "Send If-Match with the ETag you last read", field="If-Match")
+        return None
+
+    def expect(row: Mapping[str, Any]) -> None:
+        current = etag(row)
+        if not matches(header, current):
+            raise ApiError("PRECONDITION_FAILED", f"The resource changed; its current version is {current}",
+                           field="If-Match", headers={"ETag": current})
+
+    return expect
 
 
 def idempotent_request(body) -> IdempotentRequest | None:
@@ -80,11 +116,11 @@ def crud_operations(resource: Resource) -> tuple:
 
     def update(id_: str, body: dict):
         """Change the fields sent."""
-        return one(crud.update_row(resource, current_caller(), id_, body, if_match=if_match()))
+        return one(crud.update_row(resource, current_caller(), id_, body, expect=if_match()))
 
     def delete(id_: str):
         """Soft-delete a row."""
-        crud.delete_row(resource, current_caller(), id_, if_match=if_match())
+        crud.delete_row(resource, current_caller(), id_, expect=if_match())
         return no_content()
 
     return list_, get, create, update, delete

@@ -1,12 +1,23 @@
 """Login, token refresh, logout and the caller's own profile."""
+from errors import ApiError
 from handlers import no_content, ok
+from middleware import ratelimit
+from middleware.observability import LOGIN_FAILURES
 from middleware.tenancy import current_caller, request_origin
 from models import accounts
 
 
 def login(body: dict):
     """Exchange email and password for an access token and a refresh token."""
-    return ok(accounts.login(body["email"], body["password"], request_origin()))
+    email = body["email"]
+    ratelimit.check_login_account(email)
+    try:
+        return ok(accounts.login(email, body["password"], request_origin()))
+    except ApiError as exc:
+        if exc.code == "INVALID_CREDENTIALS":
+            ratelimit.record_failed_login(email)
+            LOGIN_FAILURES.inc()
+        raise
 
 
 def refresh_token(body: dict):

@@ -25,10 +25,10 @@ def get_loan_payment(id_: str, payment_id: str):
 def update_loan_payment(id_: str, payment_id: str, body: dict):
     """Correct a payment; the balance moves by the difference."""
     return one(crud.update_row(LOAN_PAYMENTS, current_caller(), payment_id, body, parent_id=id_,
-                               if_match=if_match()))
+                               expect=if_match()))
 
 
 def delete_loan_payment(id_: str, payment_id: str):
     """Remove a payment; its amount goes back onto the balance."""
-    crud.delete_row(LOAN_PAYMENTS, current_caller(), payment_id, parent_id=id_, if_match=if_match())
+    crud.delete_row(LOAN_PAYMENTS, current_caller(), payment_id, parent_id=id_, expect=if_match())
     return no_content()

@@ -29,6 +29,7 @@ from connexion.decorators import FlaskDecorator
 from connexion.context import operation
 from connexion.http_facts import FORM_CONTENT_TYPES
 from connexion.decorators.parameter import SyncParameterDecorator, prep_kwargs, unwrap_decorators
+from connexion.security import SECURITY_HANDLERS, OAuthSecurityHandler
 from connexion.utils import inspect_function_arguments
 
 
@@ -198,3 +199,17 @@ def install(app: connexion.FlaskApp, threads: int) -> None:
         return api
 
     asgi_app.add_api = add_api
+
+
+class _OAuthHandler(OAuthSecurityHandler):
+    """connexion's OAuth handler, minus a per-request ``inspect.signature`` of ``token_info``.
+
+    It asks twice per secured request whether the token function takes ``required_scopes`` and
+    ``request``; the answer never changes, and computing it was 3% of a get-by-id's CPU.
+    """
+
+    _accepts_kwarg = staticmethod(functools.cache(OAuthSecurityHandler._accepts_kwarg))
+
+
+# Passed to connexion as its security_map.
+SECURITY_MAP = {**SECURITY_HANDLERS, "oauth2": _OAuthHandler}

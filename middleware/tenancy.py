@@ -1,32 +1,17 @@
-"""Who is calling, for which organization, from where.
+"""The caller of the current request: the verified token's claims, and where the request came from.
 
-The organization always comes from the verified token, never from the request. Handlers pass the
-``Caller`` to the engine, which scopes every statement with it.
+Scoping itself lives in ``models/tenancy.py``; this module only reads the request.
 """
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from functools import cached_property
 
 import flask
 from connexion.context import context
 
 import config
-from middleware.errors import ApiError
-
-
-@dataclass(frozen=True)
-class Caller:
-    user_id: str | None
-    org_id: str
-    scopes: frozenset[str]
-
-    @cached_property
-    def origin(self) -> dict:
-        """Request id, client IP and user agent, read from the request when a write records them
-        (a read never does, and working them out was about 2% of a get-by-id)."""
-        return request_origin()
+from errors import ApiError
+from models.tenancy import Caller
 
 
 def current_caller() -> Caller:
@@ -34,7 +19,8 @@ def current_caller() -> Caller:
     claims = context.get("token_info")
     if not claims:
         raise ApiError("UNAUTHORIZED")
-    return Caller(user_id=claims["sub"], org_id=claims["org_id"], scopes=frozenset(claims["scope"].split()))
+    return Caller(user_id=claims["sub"], org_id=claims["org_id"], scopes=frozenset(claims["scope"].split()),
+                  origin_of=request_origin)
 
 
 def request_origin() -> dict:
@@ -66,9 +52,3 @@ def _is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in ipaddress.ip_network(net, strict=False) for net in trusted)
-
-
-def check_org(org_id: str | None, caller: Caller) -> None:
-    """An org_id sent by the client may only repeat the caller's own."""
-    if org_id is not None and org_id != caller.org_id:
-        raise ApiError("ORG_MISMATCH", field="org_id")

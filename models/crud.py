@@ -1,12 +1,11 @@
 """The one CRUD engine. Every resource is a ``Resource`` descriptor served by these functions.
 
-Tenant isolation lives here, not in handlers: every statement is built from ``scoped()``, which
-binds the caller's organization and hides soft-deleted rows. A row of another organization is
-indistinguishable from a row that does not exist.
+Tenant isolation lives below the handlers: every statement is built with ``models.tenancy.scoped()``,
+which binds the caller's organization and hides soft-deleted rows. A row of another organization
+is indistinguishable from a row that does not exist.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy import Numeric, Table, func, select
 
 import config
-from middleware.errors import ApiError
-from middleware.validation import parse_instant
-from middleware.tenancy import Caller, check_org
+from errors import ApiError
+from models.instants import parse_instant
+from models.tenancy import Caller, check_org, scoped
 from models import audit
 from models import idempotency as idempotency_keys
 from models.idempotency import IdempotentRequest
@@ -27,6 +26,8 @@ from models import database
 from models.database import current_engine
 
 Hook = Callable[..., Any]
+# Sees the row a change is about to apply to, under its lock; raises to refuse the change.
+Precondition = Callable[[Mapping[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -95,17 +96,6 @@ class Resource:
             internal.add(self.parent[0])
         columns = {c.name for c in self.table.c if c.name not in internal | self.hidden | self.read_only}
         return frozenset(columns | self.write_only)
-
-
-# --- the scoped query helper -------------------------------------------------------------------
-
-def scoped(table: Table, org_id: str, *, alias=None) -> list:
-    """The conditions every statement on a tenant table carries: this org, live rows only."""
-    t = alias if alias is not None else table
-    conditions = [t.c.org_id == org_id]
-    if "deleted_at" in t.c:  # the audit trail has no soft delete: it is append-only
-        conditions.append(t.c.deleted_at.is_(None))
-    return conditions
 
 
 def equals(column: str) -> Callable[[Table, Any], Any]:
@@ -507,11 +497,14 @@ def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
 
 
 def update_row(resource: Resource, caller: Caller, row_id: str, body: Mapping[str, Any], *,
-               parent_id: str | None = None, if_match: str | None = None) -> dict:
-    """Change the fields sent (and only those), under a row lock, with its audit record."""
+               parent_id: str | None = None, expect: Precondition | None = None) -> dict:
+    """Change the fields sent (and only those), under a row lock, with its audit record.
+
+    ``expect``, when given, sees the locked row before anything changes and may refuse it (the
+    HTTP layer's If-Match)."""
     values = _incoming(resource, caller, body)
     with current_engine().begin() as conn:
-        before = _lock(conn, resource, caller, row_id, parent_id, if_match)
+        before = _lock(conn, resource, caller, row_id, parent_id, expect)
         _check_references(conn, resource, caller, values)
         if resource.before_update:
             values = resource.before_update(conn, caller, values, before)
@@ -535,10 +528,10 @@ def change_row(resource: Resource, caller: Caller, row_id: str, values: Mapping[
 
 
 def delete_row(resource: Resource, caller: Caller, row_id: str, *, parent_id: str | None = None,
-               if_match: str | None = None) -> None:
+               expect: Precondition | None = None) -> None:
     """Soft delete: the row disappears from every read but stays for the audit trail."""
     with current_engine().begin() as conn:
-        before = _lock(conn, resource, caller, row_id, parent_id, if_match)
+        before = _lock(conn, resource, caller, row_id, parent_id, expect)
         after = _write(conn, resource, caller, row_id, {"deleted_at": func.now(), "updated_at": func.now()})
         if resource.after_delete:
             resource.after_delete(conn, caller, before)
@@ -567,8 +560,8 @@ def _write(conn, resource: Resource, caller: Caller, row_id: str, values: Mappin
 
 
 def _lock(conn, resource: Resource, caller: Caller, row_id: str, parent_id: str | None,
-          if_match: str | None) -> dict:
-    """The row, locked for the rest of the transaction, after checking If-Match against it."""
+          expect: Precondition | None) -> dict:
+    """The row, locked for the rest of the transaction, once ``expect`` has accepted it."""
     table = resource.table
     conditions = _parent_conditions(conn, resource, caller, parent_id)
     row = conn.execute(
@@ -578,33 +571,7 @@ def _lock(conn, resource: Resource, caller: Caller, row_id: str, parent_id: str 
     ).mappings().first()
     if row is None:
         raise ApiError("NOT_FOUND", f"{resource.name} not found")
-    _check_if_match(row, if_match)
-    return dict(row)
-
-
-# --- versions -----------------------------------------------------------------------------------
-
-def etag(row: Mapping[str, Any]) -> str:
-    """A strong ETag that changes whenever the row does: every write moves updated_at."""
-    updated = row["updated_at"]
-    stamp = updated.isoformat() if hasattr(updated, "isoformat") else str(updated)
-    return '"' + hashlib.sha256(f"{row['id']}|{stamp}".encode()).hexdigest()[:20] + '"'
-
-
-def matches(header: str | None, current: str) -> bool:
-    """Strong comparison against an If-Match / If-None-Match list ('*' matches any)."""
-    if header is None:
-        return False
-    tags = [tag.strip() for tag in header.split(",")]
-    return "*" in tags or current in tags
-
-
-def _check_if_match(row, if_match: str | None) -> None:
-    if if_match is None:
-        if config.current().require_if_match:
-            raise ApiError("PRECONDITION_REQUIRED", "Send If-Match with the ETag you last read", field="If-Match")
-        return
-    current = etag(row)
-    if not matches(if_match, current):
-        raise ApiError("PRECONDITION_FAILED", f"The resource changed; its current version is {current}",
-                       field="If-Match", headers={"ETag": current})
+    row = dict(row)
+    if expect is not None:
+        expect(row)
+    return row

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
 import config
-from middleware.errors import ApiError
+from errors import ApiError
 from models.tables import idempotency_key
 
 

@@ -8,12 +8,12 @@ from sqlalchemy import func, select
 
 import config
 
-from middleware import auth
-from middleware.errors import ApiError
-from middleware.validation import parse_instant
-from models import accounts
+from errors import ApiError
+from models import accounts, credentials
+from models.instants import parse_instant
 from models import tables as t
-from models.crud import Embed, Resource, equals, scoped
+from models.crud import Embed, Resource, equals
+from models.tenancy import scoped
 from models.tables import PATIENT_INTERNAL, STAFF_SECRETS
 
 CENT = Decimal("0.01")
@@ -74,9 +74,9 @@ PAYMENTS = Embed(t.loan_payment, back_column="loan_id")
 def _hash_password(values: dict) -> dict:
     if "password" in values:
         password = values.pop("password")
-        if not auth.password_fits(password):
+        if not credentials.password_fits(password):
             raise ApiError("VALIDATION_ERROR", "password must be 8 to 72 bytes", field="password")
-        values["password_hash"] = auth.hash_password(password)
+        values["password_hash"] = credentials.hash_password(password)
     return values
 
 

@@ -183,10 +183,10 @@ def test_new_roles_arrive_with_the_next_refresh(client, org_a):
 
 
 def test_nobody_grants_a_scope_they_do_not_hold(client, org_a):
-    from middleware import auth
+    from models import credentials
 
     member = staff_member(client, org_a)
-    token = auth.issue_access_token(staff_id=org_a.admin_id, org_id=org_a.org_id, roles=["delegate"],
+    token = credentials.issue_access_token(staff_id=org_a.admin_id, org_id=org_a.org_id, roles=["delegate"],
                                     scopes=["roles:write", "roles:read", "patients:read", "patients:write"])
     response = client.post(f"/staff/{member['id']}/roles", json={"role": "doctor"},
                            headers={"Authorization": f"Bearer {token}"})

@@ -4,7 +4,7 @@ import uuid
 import yaml
 
 from config import ROOT
-from middleware.errors import ERRORS
+from errors import ERRORS
 from tests.conftest import error_of
 
 

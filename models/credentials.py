@@ -1,0 +1,97 @@
+"""Passwords, refresh tokens and access tokens: issuing and checking them, with no web framework.
+
+The security layer (``middleware/auth.py``) turns a refused access token into connexion's 401.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+
+import bcrypt
+import jwt
+
+import config
+from config import Settings
+from errors import ApiError
+
+ALGORITHM = "HS256"
+_REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
+MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it
+
+_dummy_hash = b""
+
+
+def configure(settings: Settings) -> None:
+    """Prepare for ``settings`` (the app factory and the command line call this once)."""
+    global _dummy_hash
+    # Verified against when the email is unknown, so both paths cost one bcrypt check.
+    _dummy_hash = bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(settings.bcrypt_rounds))
+
+
+def issue_access_token(*, staff_id: str, org_id: str, roles: list[str], scopes: list[str]) -> str:
+    """A short-lived signed access token carrying who, which organization and what they may do."""
+    conf = config.current()
+    now = int(time.time())
+    claims = {
+        "sub": staff_id,
+        "org_id": org_id,
+        "roles": roles,
+        "scope": " ".join(sorted(scopes)),
+        "jti": str(uuid.uuid4()),
+        "iat": now,
+        "exp": now + conf.access_token_ttl_s,
+        "iss": conf.jwt_issuer,
+        "aud": conf.jwt_audience,
+    }
+    return jwt.encode(claims, conf.jwt_secret, algorithm=ALGORITHM)
+
+
+def decode_access_token(token: str) -> dict:
+    """The claims of a valid access token; ``ApiError("UNAUTHORIZED")`` for anything else."""
+    conf = config.current()
+    try:
+        claims = jwt.decode(
+            token,
+            conf.jwt_secret,
+            algorithms=[ALGORITHM],  # pinned: 'none' and algorithm confusion are refused
+            audience=conf.jwt_audience,
+            issuer=conf.jwt_issuer,
+            options={"require": _REQUIRED_CLAIMS},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise ApiError("UNAUTHORIZED", "The access token has expired") from exc
+    except jwt.PyJWTError as exc:
+        raise ApiError("UNAUTHORIZED", "The access token is invalid") from exc
+    if not isinstance(claims.get("org_id"), str) or not isinstance(claims.get("scope"), str):
+        raise ApiError("UNAUTHORIZED", "The access token is invalid")
+    return claims
+
+
+def new_refresh_token() -> tuple[str, str]:
+    """A random opaque refresh token and the hash that is stored in its place."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_refresh_token(token)
+
+
+def hash_refresh_token(token: str) -> str:
+    # The token carries 256 random bits, so a fast hash is enough; bcrypt would only slow refresh.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(config.current().bcrypt_rounds)).decode()
+
+
+def password_fits(password: str) -> bool:
+    return 0 < len(password.encode()) <= MAX_PASSWORD_BYTES
+
+
+def check_password(password: str, password_hash: str | None) -> bool:
+    """bcrypt check; with no hash (unknown account) it still spends the same time and fails."""
+    candidate = password.encode()[:MAX_PASSWORD_BYTES]
+    if password_hash is None:
+        bcrypt.checkpw(candidate, _dummy_hash)
+        return False
+    return bcrypt.checkpw(candidate, password_hash.encode())

@@ -1,0 +1,54 @@
+"""Tenant scoping: the one module that compares ``org_id``.
+
+The organization always comes from the verified token, never from the request: the security layer
+builds a ``Caller``, and every statement on a tenant table is built with ``scoped()`` (or, for a
+join or an insert, ``same_org()`` and ``Caller.org_id``). A row of another organization is
+indistinguishable from a row that does not exist. ``tests/models/test_tenancy.py`` fails when
+``org_id`` is compared anywhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable
+
+from errors import ApiError
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, for which organization, with which scopes.
+
+    ``origin_of`` tells where the request came from (request id, client IP, user agent); it is
+    asked only when a write records it, which a read never does.
+    """
+
+    user_id: str | None
+    org_id: str
+    scopes: frozenset[str]
+    origin_of: Callable[[], dict] | None = field(default=None, compare=False, repr=False)
+
+    @cached_property
+    def origin(self) -> dict:
+        return self.origin_of() if self.origin_of is not None else {}
+
+
+def scoped(table, org_id: Any, *, alias=None) -> list:
+    """The conditions every statement on a tenant table carries: this organization, live rows
+    only (a table without soft delete, such as the append-only audit trail, has no such rows)."""
+    t = alias if alias is not None else table
+    conditions = [t.c.org_id == org_id]
+    if "deleted_at" in t.c:
+        conditions.append(t.c.deleted_at.is_(None))
+    return conditions
+
+
+def same_org(left, right):
+    """Join condition: two tenant tables' rows of one organization."""
+    return left.c.org_id == right.c.org_id
+
+
+def check_org(org_id: str | None, caller: Caller) -> None:
+    """An org_id sent by the client may only repeat the caller's own."""
+    if org_id is not None and org_id != caller.org_id:
+        raise ApiError("ORG_MISMATCH", field="org_id")
