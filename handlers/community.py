@@ -2,6 +2,7 @@
 from handlers import crud_operations, one
 from middleware.tenancy import current_caller
 from models import crud
+from models import resources
 from models.resources import COMMUNITY_POSTS
 
 (list_community_posts, get_community_post, create_community_post, update_community_post,
@@ -9,6 +10,10 @@ from models.resources import COMMUNITY_POSTS
 
 
 def like_community_post(id_: str):
-    """Add one like, atomically (concurrent likes are never lost)."""
-    likes = COMMUNITY_POSTS.table.c.likes
-    return one(crud.change_row(COMMUNITY_POSTS, current_caller(), id_, {"likes": likes + 1}, action="like"))
+    """Like a post as the caller, once (liking it again changes nothing)."""
+    return one(crud.change_row(COMMUNITY_POSTS, current_caller(), id_, resources.like, action="like"))
+
+
+def unlike_community_post(id_: str):
+    """Take the caller's like of a post back."""
+    return one(crud.change_row(COMMUNITY_POSTS, current_caller(), id_, resources.unlike, action="unlike"))

@@ -2,9 +2,21 @@
 from handlers import created, crud_operations, if_match, no_content, ok, one
 from middleware.tenancy import current_caller
 from models import crud
+from models import resources
 from models.resources import LOAN_PAYMENTS, LOANS
 
 list_loans, get_loan, create_loan, update_loan, delete_loan = crud_operations(LOANS)
+
+
+def write_off_loan(id_: str):
+    """Clear what is left of a loan without a payment; audited as a write_off."""
+    return one(crud.change_row(LOANS, current_caller(), id_, resources.write_off, action="write_off"))
+
+
+def change_loan_standing(id_: str, body: dict):
+    """Mark an open loan current, late or defaulted; audited as a change_standing."""
+    change = resources.change_standing(body["status"])
+    return one(crud.change_row(LOANS, current_caller(), id_, change, action="change_standing"))
 
 
 def list_loan_payments(id_: str, page: int = 1, page_size: int = 20):

@@ -46,14 +46,26 @@ class Embed:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A reference whose target must also meet a rule of its own (a prescriber must be a member
+    who may prescribe): ``condition(target)`` is one more clause on the target row, checked in
+    the same probe as the reference itself."""
+
+    table: Table
+    condition: Callable[[Table], Any]
+    meaning: str  # what the target must be, for the 422 message
+
+
+@dataclass(frozen=True)
 class Resource:
     """What the engine needs to know about one resource."""
 
     name: str
     plural: str
     table: Table
-    # Body fields naming another row, and the table that row must live in (same org, not deleted).
-    references: Mapping[str, Table] = field(default_factory=dict)
+    # Body fields naming another row, and the table that row must live in (same org, not deleted),
+    # or a Reference when the row must meet a rule too.
+    references: Mapping[str, Table | Reference] = field(default_factory=dict)
     # Query parameter (pythonic name) -> clause builder.
     filters: Mapping[str, Callable[[Table, Any], Any]] = field(default_factory=dict)
     embeds: Mapping[str, Embed] = field(default_factory=dict)
@@ -73,10 +85,12 @@ class Resource:
     #   before_create(conn, caller, values) -> values     after_create(conn, caller, row)
     #   before_update(conn, caller, values, before) -> values
     #   after_update(conn, caller, before, after)         after_delete(conn, caller, before)
+    #   before_delete(conn, caller, before)
     before_create: Hook | None = None
     after_create: Hook | None = None
     before_update: Hook | None = None
     after_update: Hook | None = None
+    before_delete: Hook | None = None
     after_delete: Hook | None = None
 
     @cached_property  # read on every request; the table never changes
@@ -141,8 +155,10 @@ def _wanted_references(resource: Resource, values: Mapping[str, Any]) -> tuple[s
     return tuple(name for name in resource.references if values.get(name) is not None)
 
 
-def _invalid_reference(name: str) -> ApiError:
-    return ApiError("INVALID_REFERENCE", f"{name} does not name a record of this organization", field=name)
+def _invalid_reference(resource: Resource, name: str) -> ApiError:
+    target = resource.references[name]
+    meaning = target.meaning if isinstance(target, Reference) else "a record of this organization"
+    return ApiError("INVALID_REFERENCE", f"{name} does not name {meaning}", field=name)
 
 
 def _check_references(conn, resource: Resource, caller: Caller, values: Mapping[str, Any]) -> None:
@@ -151,13 +167,13 @@ def _check_references(conn, resource: Resource, caller: Caller, values: Mapping[
     if wanted:
         found = conn.execute(_reference_probe(resource, wanted),
                              {"org_id": caller.org_id, **{name: values[name] for name in wanted}})
-        _refuse_missing(wanted, found.mappings().one())
+        _refuse_missing(resource, wanted, found.mappings().one())
 
 
-def _refuse_missing(wanted: tuple[str, ...], found: Mapping[str, Any]) -> None:
+def _refuse_missing(resource: Resource, wanted: tuple[str, ...], found: Mapping[str, Any]) -> None:
     for name in wanted:
         if not found[name + _FOUND]:
-            raise _invalid_reference(name)
+            raise _invalid_reference(resource, name)
 
 
 # The suffix of the column that says whether a reference named a live row.
@@ -177,7 +193,11 @@ def _reference_probe(resource: Resource, names: tuple[str, ...]):
         checks = []
         for name in names:
             target = resource.references[name]
-            exists = sa.exists().where(target.c.id == sa.bindparam(name), *scoped(target, sa.bindparam("org_id")))
+            rules = []
+            if isinstance(target, Reference):
+                target, rules = target.table, [target.condition(target.table)]
+            exists = sa.exists().where(target.c.id == sa.bindparam(name), *scoped(target, sa.bindparam("org_id")),
+                                       *rules)
             checks.append(exists.label(name + _FOUND))
         probe = _reference_probes[key] = select(*checks)
     return probe
@@ -231,7 +251,7 @@ def _insert_audited(conn, resource: Resource, caller: Caller, values: Mapping[st
     # Sorted: the same fields sent in another order are the same statement.
     statement = _audited_insert(resource, tuple(sorted(values)), wanted)
     row = conn.execute(statement, {**values, **audit.params_for(caller)}).mappings().one()
-    _refuse_missing(wanted, row)
+    _refuse_missing(resource, wanted, row)
     return {column.name: row[column.name] for column in resource.public_columns}
 
 
@@ -517,11 +537,22 @@ def update_row(resource: Resource, caller: Caller, row_id: str, body: Mapping[st
     return after
 
 
-def change_row(resource: Resource, caller: Caller, row_id: str, values: Mapping[str, Any], *,
+Change = Callable[[Any, Caller, dict], Mapping[str, Any] | None]
+
+
+def change_row(resource: Resource, caller: Caller, row_id: str, values: Mapping[str, Any] | Change, *,
                action: str) -> dict:
-    """Apply SQL expressions to one row (e.g. ``likes + 1``) atomically, with an audit record."""
+    """An action on one row (a like, a write-off), atomically and with an audit record named after it.
+
+    ``values`` are SQL expressions (e.g. ``likes + 1``), or a function of (conn, caller, locked row)
+    that returns them: it may check the row or write other rows first, and returns None when the
+    action changes nothing (no write, no audit row)."""
     with current_engine().begin() as conn:
         before = _lock(conn, resource, caller, row_id, None, None)
+        if callable(values):
+            values = values(conn, caller, before)
+            if values is None:
+                return before
         after = _write(conn, resource, caller, row_id, {"updated_at": func.now(), **values})
         audit.record_for(conn, caller, action, resource.name, row_id, before=before, after=after)
     return after
@@ -532,6 +563,8 @@ def delete_row(resource: Resource, caller: Caller, row_id: str, *, parent_id: st
     """Soft delete: the row disappears from every read but stays for the audit trail."""
     with current_engine().begin() as conn:
         before = _lock(conn, resource, caller, row_id, parent_id, expect)
+        if resource.before_delete:
+            resource.before_delete(conn, caller, before)
         after = _write(conn, resource, caller, row_id, {"deleted_at": func.now(), "updated_at": func.now()})
         if resource.after_delete:
             resource.after_delete(conn, caller, before)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import ROUND_HALF_UP, Decimal
 
+import sqlalchemy as sa
 from sqlalchemy import func, select
 
 import config
@@ -12,8 +13,8 @@ from errors import ApiError
 from models import accounts, credentials
 from models.instants import parse_instant
 from models import tables as t
-from models.crud import Embed, Resource, equals
-from models.tenancy import scoped
+from models.crud import Embed, Reference, Resource, equals
+from models.tenancy import same_org, scoped
 from models.tables import PATIENT_INTERNAL, STAFF_SECRETS
 
 CENT = Decimal("0.01")
@@ -60,6 +61,20 @@ def has_tag(table, tag: str):
     return table.c.tags.contains([tag])
 
 
+def has_role(table, role_name: str):
+    return table.c.roles.contains([role_name])
+
+
+# --- references that must meet a rule ----------------------------------------------------------
+
+def holding(scope: str) -> Reference:
+    """A staff member of the organization granted a role that carries ``scope``."""
+    def condition(member):
+        return sa.exists().where(same_org(t.user_role, member), t.user_role.c.user_id == member.c.id,
+                                 t.role.c.id == t.user_role.c.role_id, sa.literal(scope) == sa.any_(t.role.c.scopes))
+    return Reference(t.staff, condition, f"a staff member of this organization who holds {scope}")
+
+
 # --- embeds -------------------------------------------------------------------------------------
 
 BRANCH = Embed(t.branch, column="branch_id")
@@ -81,6 +96,8 @@ def _hash_password(values: dict) -> dict:
 
 
 def _staff_before_create(conn, caller, values):
+    # What PostgreSQL will keep there once the grant below exists (sql/0020), shown by this response.
+    values["roles"] = [values["role"]]
     return _hash_password(values)
 
 
@@ -89,12 +106,10 @@ def _staff_after_create(conn, caller, row):
 
 
 def _staff_before_update(conn, caller, values, before):
+    # Before the write, so that the row it returns lists the roles after the change.
+    if values.get("role", before["role"]) != before["role"]:
+        accounts.replace_primary_role(conn, caller, before["id"], before["role"], values["role"])
     return _hash_password(values)
-
-
-def _staff_after_update(conn, caller, before, after):
-    if after["role"] != before["role"]:
-        accounts.replace_primary_role(conn, caller, after["id"], before["role"], after["role"])
 
 
 def _staff_after_delete(conn, caller, before):
@@ -111,13 +126,17 @@ def _inventory_before_update(conn, caller, values, before):
 def _loan_before_create(conn, caller, values):
     values.setdefault("remaining_balance", values["original_amount"])
     _check_balance(values["original_amount"], values["remaining_balance"])
+    # A loan recorded with nothing left to pay was paid off; the status is never the client's word.
+    values["status"] = "paid_off" if values["remaining_balance"] == 0 else "current"
     return values
 
 
 def _loan_before_update(conn, caller, values, before):
-    original = values.get("original_amount", before["original_amount"])
-    remaining = values.get("remaining_balance", before["remaining_balance"])
-    _check_balance(original, remaining)
+    # The balance and the status are not in LoanUpdate: only payments and the loan actions move them.
+    if {"remaining_balance", "status"} & set(values):
+        raise ApiError("BUSINESS_RULE_VIOLATION", "a loan's balance and status move only through payments "
+                       "and the loan's actions", field="remaining_balance")
+    _check_balance(values.get("original_amount", before["original_amount"]), before["remaining_balance"])
     return values
 
 
@@ -137,6 +156,9 @@ def _locked_loan(conn, caller, loan_id):
 
 def _move_balance(conn, loan_row, delta: Decimal) -> None:
     """Lower (delta > 0) or raise the remaining balance; zero means paid off."""
+    if loan_row["status"] == "written_off":
+        raise ApiError("BUSINESS_RULE_VIOLATION", "the loan was written off: its payments are final",
+                       field="amount")
     remaining = loan_row["remaining_balance"] - delta
     if remaining < 0:
         raise ApiError("BUSINESS_RULE_VIOLATION",
@@ -206,9 +228,56 @@ def _appointment_before_create(conn, caller, values):
     return values
 
 
+def write_off(conn, caller, loan_row):
+    """The loan action that clears what is left without a payment (the audit row keeps the amount)."""
+    if loan_row["remaining_balance"] == 0:
+        raise ApiError("BUSINESS_RULE_VIOLATION", "the loan has no balance left to write off")
+    return {"remaining_balance": 0, "status": "written_off"}
+
+
+def change_standing(status: str):
+    """The loan action that marks an open loan current, late or defaulted."""
+    def change(conn, caller, loan_row):
+        if loan_row["remaining_balance"] == 0:
+            raise ApiError("BUSINESS_RULE_VIOLATION", f"the loan is {loan_row['status']}: its standing is final",
+                           field="status")
+        return None if loan_row["status"] == status else {"status": status}
+    return change
+
+
 def _post_before_create(conn, caller, values):
-    values.setdefault("staff_id", caller.user_id)
+    values["staff_id"] = caller.user_id  # the author is whoever posts, never someone named in the body
     return values
+
+
+def _only_author_or_admin(conn, caller, post, *_):
+    if post["staff_id"] != caller.user_id and "admin" not in accounts.grants(conn, caller.org_id, caller.user_id)[0]:
+        raise ApiError("NOT_AUTHOR", "Only the post's author or an admin may change or delete it")
+
+
+def _post_before_update(conn, caller, values, before):
+    _only_author_or_admin(conn, caller, before)
+    return values
+
+
+def like(conn, caller, post):
+    """The caller's like, once: a second like by the same member changes nothing."""
+    added = conn.execute(
+        sa.dialects.postgresql.insert(t.community_post_like)
+        .values(org_id=caller.org_id, post_id=post["id"], staff_id=caller.user_id)
+        .on_conflict_do_nothing()
+    )
+    return {"likes": t.community_post.c.likes + 1} if added.rowcount == 1 else None
+
+
+def unlike(conn, caller, post):
+    """Take the caller's like back; nothing changes if there was none."""
+    likes = t.community_post_like
+    removed = conn.execute(
+        likes.delete()
+        .where(*scoped(likes, caller.org_id), likes.c.post_id == post["id"], likes.c.staff_id == caller.user_id)
+    )
+    return {"likes": func.greatest(t.community_post.c.likes - 1, 0)} if removed.rowcount == 1 else None
 
 
 # --- the resources ------------------------------------------------------------------------------
@@ -230,12 +299,11 @@ BRANCHES = Resource(
 STAFF_MEMBERS = Resource(
     name="staff", plural="staff", table=t.staff,
     references={"branch_id": t.branch},
-    filters={"branch_id": equals("branch_id"), "role": equals("role")},
+    filters={"branch_id": equals("branch_id"), "role": has_role},
     embeds={"branch": BRANCH},
-    hidden=STAFF_SECRETS, write_only=frozenset({"password"}),
+    hidden=STAFF_SECRETS, write_only=frozenset({"password"}), read_only=frozenset({"roles"}),
     before_create=_staff_before_create, after_create=_staff_after_create,
-    before_update=_staff_before_update, after_update=_staff_after_update,
-    after_delete=_staff_after_delete,
+    before_update=_staff_before_update, after_delete=_staff_after_delete,
 )
 
 SUPPLIERS = Resource(
@@ -255,14 +323,14 @@ APPOINTMENTS = Resource(
 
 PRESCRIPTIONS = Resource(
     name="prescription", plural="prescriptions", table=t.prescription,
-    references={"patient_id": t.patient, "staff_id": t.staff},
+    references={"patient_id": t.patient, "staff_id": holding("prescriptions:write")},
     filters={"patient_id": equals("patient_id"), "staff_id": equals("staff_id")},
     embeds={"patient": PATIENT, "staff": STAFF},
 )
 
 TRANSACTIONS = Resource(
     name="transaction", plural="transactions", table=t.transaction,
-    references={"patient_id": t.patient, "staff_id": t.staff},
+    references={"patient_id": t.patient, "staff_id": holding("transactions:write")},
     filters={"patient_id": equals("patient_id"), "staff_id": equals("staff_id"), "type": equals("type"),
              "method": equals("method"), "date_from": at_or_after("date"), "date_to": before("date")},
     embeds={"patient": PATIENT, "staff": STAFF},
@@ -282,6 +350,7 @@ LOANS = Resource(
     name="loan", plural="loans", table=t.loan,
     filters={"status": equals("status")},
     embeds={"payments": PAYMENTS},
+    read_only=frozenset({"status"}),
     before_create=_loan_before_create, before_update=_loan_before_update,
 )
 
@@ -294,11 +363,11 @@ LOAN_PAYMENTS = Resource(
 
 COMMUNITY_POSTS = Resource(
     name="community_post", plural="posts", table=t.community_post,
-    references={"staff_id": t.staff},
     filters={"staff_id": equals("staff_id"), "tag": has_tag},
     embeds={"staff": STAFF},
-    read_only=frozenset({"likes"}),
-    before_create=_post_before_create,
+    read_only=frozenset({"staff_id", "likes"}),
+    before_create=_post_before_create, before_update=_post_before_update,
+    before_delete=_only_author_or_admin,
 )
 
 FINANCIAL_REPORTS = Resource(

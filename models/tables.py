@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 
 metadata = MetaData()
@@ -85,6 +86,8 @@ staff = Table(
     Column("password_hash", Text, nullable=False),
     Column("avatar", Text),
     *_timestamps(),
+    # Every role the member holds, kept by PostgreSQL from user_role (sql/0020); never written here.
+    Column("roles", postgresql.ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
 )
 
 patient = Table(
@@ -200,6 +203,14 @@ community_post = Table(
     Column("tags", JSONB),
     Column("likes", Integer, nullable=False, server_default=text("0")),
     *_timestamps(),
+)
+
+community_post_like = Table(
+    "community_post_like", metadata,
+    Column("org_id", UUID(as_uuid=False), primary_key=True),
+    Column("post_id", UUID(as_uuid=False), primary_key=True),
+    Column("staff_id", UUID(as_uuid=False), primary_key=True),
+    _ts("created_at", nullable=False, default=NOW),
 )
 
 financial_report = Table(

@@ -24,6 +24,12 @@ class World:
     patient_id: str
     supplier_id: str
     loan_id: str
+    staff_email: str = ""
+
+    @property
+    def admin_id(self) -> str:
+        """The admin: unlike the doctor, a member who may record transactions."""
+        return self.org.admin_id
 
 
 def post(client, org, path, body):
@@ -40,7 +46,7 @@ def build_world(client, org) -> World:
     supplier = post(client, org, "/suppliers", {"name": "MedSupply"})
     loan = post(client, org, "/loans", {"lender": "Bank", "original_amount": 1000,
                                         "start_date": "2026-01-01T00:00:00Z", "interest_rate": 6})
-    return World(org, org.branch_id, staff["id"], patient["id"], supplier["id"], loan["id"])
+    return World(org, org.branch_id, staff["id"], patient["id"], supplier["id"], loan["id"], staff["email"])
 
 
 @pytest.fixture
@@ -83,9 +89,9 @@ RESOURCES = {
                       {"notes": "renew in a year"}, {"patient_id": "patient_id", "staff_id": "staff_id"},
                       ["patient", "staff"]),
     "transactions": ("/transactions", "transactions",
-                     lambda w: {"patient_id": w.patient_id, "staff_id": w.staff_id, "amount": 120.5,
+                     lambda w: {"patient_id": w.patient_id, "staff_id": w.admin_id, "amount": 120.5,
                                 "type": "payment", "method": "card", "date": "2026-11-02T10:00:00Z"},
-                     {"description": "consultation"}, {"patient_id": "patient_id", "staff_id": "staff_id"},
+                     {"description": "consultation"}, {"patient_id": "patient_id", "staff_id": "admin_id"},
                      ["patient", "staff"]),
     "inventory": ("/inventory", "inventory",
                   lambda w: {"branch_id": w.branch_id, "supplier_id": w.supplier_id, "name": "Gloves",
@@ -96,8 +102,8 @@ RESOURCES = {
                                             "start_date": "2026-02-01T00:00:00Z"},
               {"notes": "refinanced"}, {}, ["payments"]),
     "community": ("/community/posts", "posts",
-                  lambda w: {"staff_id": w.staff_id, "title": "Welcome", "content": "Hello team", "tags": ["news"]},
-                  {"title": "Welcome!"}, {"staff_id": "staff_id"}, ["staff"]),
+                  lambda w: {"title": "Welcome", "content": "Hello team", "tags": ["news"]},
+                  {"title": "Welcome!"}, {}, ["staff"]),
     "reports": ("/financial/reports", "reports",
                 lambda w: {"type": "monthly", "data": {"revenue": 1234.5}, "period": "2026-10-01T00:00:00Z"},
                 {"data": {"revenue": 1300}}, {}, []),
@@ -256,7 +262,9 @@ def test_staff_filters(client, world_a):
 def test_community_filters(client, world_a):
     org = world_a.org
     news = post(client, org, "/community/posts", {"title": "A", "content": "x", "tags": ["news", "hr"]})
-    post(client, org, "/community/posts", {"title": "B", "content": "y", "tags": ["social"], "staff_id": world_a.staff_id})
+    doctor = client.post("/auth/login", json={"email": world_a.staff_email, "password": PASSWORD}).json()["data"]
+    client.post("/community/posts", json={"title": "B", "content": "y", "tags": ["social"]},
+                headers={"Authorization": f"Bearer {doctor['access_token']}"})
     assert ids_of(client, org, "/community/posts?tag=hr", "posts") == [news["id"]]
     assert ids_of(client, org, f"/community/posts?staffId={org.admin_id}", "posts") == [news["id"]]
 
@@ -274,6 +282,7 @@ def test_branch_and_loan_and_supplier_filters(client, world_a):
     org = world_a.org
     closed = post(client, org, "/branches", {"name": "Closed", "status": "inactive"})
     assert ids_of(client, org, "/branches?status=inactive", "branches") == [closed["id"]]
-    late = post(client, org, "/loans", {"lender": "L", "original_amount": 10, "start_date": "2026-01-01T00:00:00Z", "status": "late"})
+    late = post(client, org, "/loans", {"lender": "L", "original_amount": 10, "start_date": "2026-01-01T00:00:00Z"})
+    client.post(f"/loans/{late['id']}/standing", json={"status": "late"}, headers=org.headers)
     assert ids_of(client, org, "/loans?status=late", "loans") == [late["id"]]
     assert ids_of(client, org, "/suppliers?search=medsup", "suppliers") == [world_a.supplier_id]
