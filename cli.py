@@ -17,9 +17,14 @@ def _database_url(settings: config.Settings) -> str:
     return database.resolve_url(settings)
 
 
+def _migrate(settings) -> int:
+    role = database.runtime_role(settings)
+    return database.migrate(database.resolve_migration_url(settings), runtime_role=role, settings=settings)
+
+
 def cmd_migrate(settings, _args) -> int:
-    """Apply every pending migration."""
-    applied = database.migrate(_database_url(settings))
+    """Apply every pending migration as the schema owner, then set the runtime role's grants and timeouts."""
+    applied = _migrate(settings)
     print(f"applied {applied} migration(s)")
     return 0
 
@@ -27,7 +32,8 @@ def cmd_migrate(settings, _args) -> int:
 def cmd_rollback(settings, args) -> int:
     """Roll back the newest applied migration (or --steps N, or --all)."""
     steps = None if args.all else args.steps
-    undone = database.rollback(_database_url(settings), steps)
+    undone = database.rollback(database.resolve_migration_url(settings), steps,
+                               runtime_role=database.runtime_role(settings))
     print(f"rolled back {undone} migration(s)")
     return 0
 
@@ -119,7 +125,7 @@ def _forget_worker_metrics(_server, worker) -> None:
 def cmd_run(settings, _args) -> int:
     """Development: embedded database unless DATABASE_URL is set, migrations, demo data, serve."""
     url = _database_url(settings)
-    applied = database.migrate(url)
+    applied = _migrate(settings)
     print(f"database ready ({'DATABASE_URL' if settings.database_url else 'embedded PostgreSQL in ' + str(settings.data_dir)}); {applied} migration(s) applied")
     credentials = _with_app_engine(settings, url, lambda: _ensure_demo(settings))
     print(f"demo admin: {credentials['email']} / {credentials['password']}")

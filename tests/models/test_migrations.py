@@ -75,3 +75,106 @@ def test_every_migration_has_a_rollback():
     forward = {p.name[: -len(".sql")] for p in database.MIGRATIONS_DIR.glob("*.sql") if not p.name.endswith(".rollback.sql")}
     backward = {p.name[: -len(".rollback.sql")] for p in database.MIGRATIONS_DIR.glob("*.rollback.sql")}
     assert forward == backward
+
+
+# --- crashes and concurrency -----------------------------------------------------------------------
+# A scratch folder of three migrations; the second one sleeps after its DDL when the migrator's
+# session sets clinic.sleep_seconds (PGOPTIONS, for the child that is killed), so a kill lands
+# after the DDL and before the record: where yoyo alone would leave a table without its record.
+SCRATCH_MIGRATIONS = {
+    "0001.create-ward.sql": "CREATE TABLE crash_ward (id int PRIMARY KEY);",
+    "0002.create-bed.sql": "-- depends: 0001.create-ward\nCREATE TABLE crash_bed (id int PRIMARY KEY);\n"
+                           "SELECT pg_sleep(coalesce(nullif(current_setting('clinic.sleep_seconds', true), ''), '0')::float);",
+    "0003.create-cot.sql": "-- depends: 0002.create-bed\nCREATE TABLE crash_cot (id int PRIMARY KEY);",
+}
+
+
+@pytest.fixture
+def scratch_migrations(tmp_path):
+    for name, body in SCRATCH_MIGRATIONS.items():
+        (tmp_path / name).write_text(body + "\n")
+        (tmp_path / name.replace(".sql", ".rollback.sql")).write_text(
+            f"DROP TABLE crash_{name.split('-')[1].split('.')[0]};\n")
+    return tmp_path
+
+
+def _child_migrator(url, directory, **env):
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys, pathlib; from models import database; database.migrate(sys.argv[1], directory=pathlib.Path(sys.argv[2]))"
+    return subprocess.Popen([sys.executable, "-c", code, url, str(directory)], cwd=str(config.ROOT),
+                            env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(conn_url, sql, timeout=30):
+    import time
+
+    engine = sa.create_engine(database.sqlalchemy_url(conn_url), isolation_level="AUTOCOMMIT")
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.execute(sa.text(sql)).scalar():
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"never true: {sql}")
+    finally:
+        engine.dispose()
+
+
+def _applied_ids(url):
+    engine = sa.create_engine(database.sqlalchemy_url(url))
+    try:
+        with engine.connect() as conn:
+            return sorted(conn.scalars(sa.text("SELECT migration_id FROM _yoyo_migration")))
+    finally:
+        engine.dispose()
+
+
+def test_a_migrator_killed_mid_migration_blocks_the_next_for_seconds_at_most(scratch_url, scratch_migrations):
+    import signal
+    import time
+
+    child = _child_migrator(scratch_url, scratch_migrations, PGOPTIONS="-c clinic.sleep_seconds=60")
+    _wait_for(scratch_url, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep%'"
+                           " AND pid <> pg_backend_pid()")
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    started = time.monotonic()
+    assert database.migrate(scratch_url, directory=scratch_migrations) == 2  # 0002 again, then 0003
+    assert time.monotonic() - started < 5
+    assert _applied_ids(scratch_url) == ["0001.create-ward", "0002.create-bed", "0003.create-cot"]
+    assert database.pending_migrations(scratch_url, scratch_migrations) == []
+
+
+def test_two_migrators_at_once_apply_each_migration_once(scratch_url, scratch_migrations):
+    first = _child_migrator(scratch_url, scratch_migrations, PGOPTIONS="-c clinic.sleep_seconds=1")
+    second = _child_migrator(scratch_url, scratch_migrations, PGOPTIONS="-c clinic.sleep_seconds=1")
+    for child in (first, second):
+        assert child.wait(timeout=60) == 0, child.stderr.read()
+    assert _applied_ids(scratch_url) == ["0001.create-ward", "0002.create-bed", "0003.create-cot"]
+
+
+def test_a_lock_row_left_by_yoyo_blocks_nothing(scratch_url, scratch_migrations):
+    import time
+
+    database.migrate(scratch_url, directory=scratch_migrations)
+    database.rollback(scratch_url, None, directory=scratch_migrations)
+    engine = sa.create_engine(database.sqlalchemy_url(scratch_url))
+    with engine.begin() as conn:  # what a yoyo migrator killed while holding its lock leaves behind
+        conn.execute(sa.text("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 424242)"))
+    engine.dispose()
+    started = time.monotonic()
+    assert database.migrate(scratch_url, directory=scratch_migrations) == 3
+    assert time.monotonic() - started < 5
+
+
+def test_a_failing_migration_leaves_neither_its_changes_nor_its_record(scratch_url, scratch_migrations):
+    (scratch_migrations / "0003.create-cot.sql").write_text(
+        "-- depends: 0002.create-bed\nCREATE TABLE crash_cot (id int PRIMARY KEY);\nSELECT 1/0;\n")
+    with pytest.raises(Exception, match="division by zero"):
+        database.migrate(scratch_url, directory=scratch_migrations)
+    assert _applied_ids(scratch_url) == ["0001.create-ward", "0002.create-bed"]
+    assert "crash_cot" not in _tables(scratch_url)

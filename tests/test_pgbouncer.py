@@ -1,0 +1,84 @@
+"""Through PgBouncer in transaction mode with its default settings (Debian's `pgbouncer`), the API
+works as directly, and the runtime role's timeouts still hold."""
+import time
+import uuid
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from models import accounts, database
+from tests.conftest import PASSWORD, spawn_server
+from tests.services import PGBOUNCER, PgBouncer
+
+pytestmark = pytest.mark.skipif(not __import__("os").path.exists(PGBOUNCER),
+                                reason="pgbouncer not installed (Debian package 'pgbouncer'); .ci/run installs it")
+
+
+@pytest.fixture(scope="module")
+def pgbouncer(database_url):
+    server = make_url(database_url)
+    bouncer = PgBouncer(server.host or server.query["host"],
+                        server.port or 5432, users=[server.username])
+    yield bouncer.url(server.username, server.database)
+    bouncer.stop()
+
+
+@pytest.fixture(scope="module")
+def api(pgbouncer):
+    process, base = spawn_server(pgbouncer, production=True, WEB_CONCURRENCY="2")
+    yield base
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _login(base, app) -> tuple[dict, str]:
+    """(headers of a new organization's admin, its branch id)."""
+    email = f"bouncer-{uuid.uuid4().hex[:8]}@example.com"
+    ids = accounts.create_organization(name="Bouncer", branch_name="Main", admin_email=email, admin_password=PASSWORD)
+    token = httpx.post(f"{base}/auth/login", json={"email": email, "password": PASSWORD}).json()["data"]["access_token"]
+    return {"Authorization": f"Bearer {token}"}, ids["branch_id"]
+
+
+def test_a_client_scenario_through_pgbouncer(api, app):
+    headers, branch = _login(api, app)
+    with httpx.Client(base_url=api, headers=headers, timeout=10) as http:
+        assert http.get("/ready").status_code == 200
+        created = http.post("/patients", json={"branch_id": branch, "name": "Ada Lovelace"})
+        assert created.status_code == 201, created.text
+        patient = created.json()["data"]["id"]
+        assert http.get(f"/patients/{patient}").json()["data"]["name"] == "Ada Lovelace"
+        assert http.patch(f"/patients/{patient}", json={"name": "Augusta King"}).status_code == 200
+        assert http.get("/patients", params={"search": "Augusta"}).json()["data"]["total"] == 1
+        assert http.delete(f"/patients/{patient}").status_code in (200, 204)
+        assert http.get(f"/patients/{patient}").status_code == 404
+
+
+def test_timeouts_hold_through_pgbouncer(pgbouncer, settings):
+    engine = sa.create_engine(database.sqlalchemy_url(pgbouncer), poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        shown = {name: conn.execute(sa.text(f"SHOW {name}")).scalar()
+                 for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")}
+    engine.dispose()
+    assert shown == {"statement_timeout": f"{settings.db_statement_timeout_ms // 1000}s",
+                     "lock_timeout": f"{settings.db_lock_timeout_ms // 1000}s",
+                     "idle_in_transaction_session_timeout": f"{settings.db_idle_in_transaction_timeout_ms // 1000}s"}
+
+
+def test_a_row_held_for_update_makes_a_patch_through_pgbouncer_a_409(api, app, owner_url, settings):
+    headers, branch = _login(api, app)
+    patient = httpx.post(f"{api}/patients", headers=headers,
+                         json={"branch_id": branch, "name": "Busy Row"}).json()["data"]["id"]
+    holder = sa.create_engine(database.sqlalchemy_url(owner_url), poolclass=sa.pool.NullPool)
+    with holder.connect() as conn:
+        conn.execute(sa.text("SELECT 1 FROM patient WHERE id = :id FOR UPDATE"), {"id": patient})
+        started = time.monotonic()
+        response = httpx.patch(f"{api}/patients/{patient}", headers=headers, json={"name": "Waiting"},
+                               timeout=30)
+        elapsed = time.monotonic() - started
+        conn.rollback()
+    holder.dispose()
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "CONFLICT"
+    assert elapsed < settings.db_lock_timeout_ms / 1000 + 1, elapsed
