@@ -4,6 +4,7 @@ import asyncio
 import pytest
 
 import config
+from config import ROOT
 from middleware.flask_bridge import FlaskBridge
 from tests.conftest import error_of
 
@@ -53,19 +54,19 @@ def test_swagger_ui_is_served_and_stepped_over_by_api_calls(client, org_a):
 
 
 def test_spec_documents_are_rendered_once(app_with, monkeypatch):
-    """Each anonymous GET of /openapi.yaml re-serialised the whole resolved spec (1.7 s of CPU on
+    """Each anonymous GET of /openapi.yaml re-serialised the whole spec (1.7 s of CPU, resolved, on
     the worker's event loop); the first answer of each document is kept and replayed."""
     import yaml
-    from connexion.middleware import swagger_ui
+    from middleware import routes
 
     rendered = []
-    original = swagger_ui.yamldumper
+    original = routes.as_yaml
 
     def counted(document):
         rendered.append(1)
         return original(document)
 
-    monkeypatch.setattr(swagger_ui, "yamldumper", counted)
+    monkeypatch.setattr(routes, "as_yaml", counted)
     client = app_with().test_client()
     answers = [client.get("/openapi.yaml") for _ in range(3)]
     assert [a.status_code for a in answers] == [200] * 3 and len(rendered) == 1
@@ -171,3 +172,21 @@ def test_a_client_gone_mid_body_never_reaches_the_handler():
     sent = _drive(FlaskBridge(app, 0), [{"type": "http.request", "body": b'{"name": "Tru', "more_body": True},
                                         {"type": "http.disconnect"}])
     assert called == [] and sent == []
+
+
+def test_spec_documents_keep_their_refs_and_name_the_mount(app_with):
+    """/openapi.json is the spec as written ($refs and all), with servers saying where the API
+    answers: behind a proxy that mounts it under a prefix, that prefix."""
+    import json
+
+    import yaml
+
+    written = (ROOT / "spec" / "openapi.yaml").read_text()
+    refs = written.count("$ref")
+    app = app_with()
+    served = app.test_client().get("/openapi.json")
+    assert json.dumps(served.json()).count('"$ref"') == refs > 1000
+    assert served.json()["servers"] == [{"url": "/"}]
+    assert served.json()["components"] == yaml.safe_load(written)["components"]
+    behind_proxy = app.test_client(root_path="/clinic").get("/openapi.yaml")
+    assert yaml.safe_load(behind_proxy.text)["servers"] == [{"url": "/clinic"}]
