@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any, Mapping
+from urllib.parse import urlencode
 
 import flask
 from connexion.jsonifier import Jsonifier
@@ -84,13 +85,36 @@ def idempotent_request(body) -> IdempotentRequest | None:
 
 
 def created(resource: Resource, body: dict, *, parent_id: str | None = None):
-    """Create a row (once per Idempotency-Key) and answer 201 with its ETag."""
+    """Create a row (once per Idempotency-Key) and answer 201 with its ETag and Location."""
     idempotency = idempotent_request(body)
     row = crud.create_row(resource, current_caller(), body, parent_id=parent_id, idempotency=idempotency)
     response = one(row, 201)
+    request = flask.request
+    response.headers["Location"] = f"{request.script_root}{request.path.rstrip('/')}/{row['id']}"
     if idempotency is not None and idempotency.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def listed(result: dict, page: int, page_size: int) -> flask.Response:
+    """A page of a list, with RFC 8288 ``Link`` relations to the first, previous, next and last
+    pages: the request's own query with ``page`` changed (a path-absolute reference, so it holds
+    behind a proxy's root path)."""
+    request = flask.request
+    last = max(1, -(-result["total"] // page_size))
+    query = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page", "pageSize")]
+    base = f"{request.script_root}{request.path}?"
+
+    def link(number: int, rel: str) -> str:
+        return f'<{base}{urlencode([*query, ("page", number), ("pageSize", page_size)])}>; rel="{rel}"'
+
+    links = [link(1, "first")]
+    if page > 1:
+        links.append(link(min(page - 1, last), "prev"))
+    if page < last:
+        links.append(link(page + 1, "next"))
+    links.append(link(last, "last"))
+    return ok(result, headers={"Link": ", ".join(links)})
 
 
 def crud_operations(resource: Resource) -> tuple:
@@ -103,8 +127,8 @@ def crud_operations(resource: Resource) -> tuple:
         check_org(params.get("org_id"), caller)
         # pythonic_params turns a parameter named like a builtin into `type_`; filters use the plain name.
         filters = {k.rstrip("_"): v for k, v in params.items() if k not in _CONTEXT_KEYS}
-        return ok(crud.list_rows(resource, caller, page=page, page_size=page_size,
-                                 embed=embed, filters=filters))
+        return listed(crud.list_rows(resource, caller, page=page, page_size=page_size,
+                                     embed=embed, filters=filters), page, page_size)
 
     def get(id_: str, embed=None):
         """One live row of the caller's organization."""

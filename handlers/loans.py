@@ -1,5 +1,5 @@
 """Loans and their payments. Recording a payment lowers the loan's balance (see LOAN_PAYMENTS)."""
-from handlers import created, crud_operations, if_match, no_content, ok, one
+from handlers import created, crud_operations, if_match, listed, no_content, one
 from middleware.tenancy import current_caller
 from models import crud
 from models import resources
@@ -21,7 +21,8 @@ def change_loan_standing(id_: str, body: dict):
 
 def list_loan_payments(id_: str, page: int = 1, page_size: int = 20):
     """One page of a loan's payments, newest first."""
-    return ok(crud.list_rows(LOAN_PAYMENTS, current_caller(), page=page, page_size=page_size, parent_id=id_))
+    return listed(crud.list_rows(LOAN_PAYMENTS, current_caller(), page=page, page_size=page_size, parent_id=id_),
+                  page, page_size)
 
 
 def create_loan_payment(id_: str, body: dict):
