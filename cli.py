@@ -84,6 +84,33 @@ def _with_app_engine(settings, url, action):
         pools.dispose()
 
 
+def cmd_audit(settings, args) -> int:
+    """The audit trail's upkeep: prune (retention), seal (tamper evidence), verify."""
+    from models import trail
+
+    engine = database.sqlalchemy_engine(_database_url(settings))
+    try:
+        with engine.begin() as conn:
+            if args.action == "prune":
+                made = trail.prepare_months(conn)
+                dropped = trail.prune(conn, settings.audit_retention_months)
+                print(json.dumps({"partitions_created": made, "partitions_dropped": dropped,
+                                  "retention_months": settings.audit_retention_months}))
+                return 0
+            if args.action == "seal":
+                settle = settings.audit_seal_settle_seconds if args.settle is None else args.settle
+                print(json.dumps({"blocks_sealed": trail.seal(conn, settle_seconds=settle)}))
+                return 0
+            findings = trail.verify(conn, args.org)
+    finally:
+        engine.dispose()
+    for finding in findings:
+        print(f"TAMPERED: {finding}")
+    if not findings:
+        print("verified: every seal matches its rows and the chains are unbroken")
+    return 1 if findings else 0
+
+
 def cmd_serve(settings, _args) -> int:
     """Serve the API with gunicorn and uvicorn workers (one per core by default)."""
     url = _database_url(settings)
@@ -169,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--admin-email", required=True)
     create.add_argument("--admin-name", default="Administrator")
     create.set_defaults(func=cmd_create_org)
+    audit = sub.add_parser("audit", help=cmd_audit.__doc__)
+    audit.add_argument("action", choices=["prune", "seal", "verify"])
+    audit.add_argument("--org", help="verify: only this organization's trail")
+    audit.add_argument("--settle", type=int, help="seal: seconds a row must be old (AUDIT_SEAL_SETTLE_SECONDS)")
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 

@@ -94,6 +94,13 @@ class Settings:
     count_exact_limit: int = 10_000
     search_count_exact_limit: int = 1_000
     sentry_dsn: str = ""
+    # Access rows (reads of patient data) committed without waiting for the WAL flush: see
+    # docs/decisions/2026-12-01-access-rows-in-the-read.md for what that costs and risks.
+    access_log_synchronous_commit: bool = False
+    audit_retention_months: int = 72
+    # How old a row must be before `clinic-api audit seal` seals it: longer than any transaction
+    # that inserts audit rows lives, so that none commits below a seal.
+    audit_seal_settle_seconds: int = 300
 
     @property
     def is_development(self) -> bool:
@@ -158,6 +165,9 @@ def load(env=None, *, serving: bool = True) -> Settings:
         count_exact_limit=_int("COUNT_EXACT_LIMIT", defaults.count_exact_limit, env),
         search_count_exact_limit=_int("SEARCH_COUNT_EXACT_LIMIT", defaults.search_count_exact_limit, env),
         sentry_dsn=env.get("SENTRY_DSN", ""),
+        access_log_synchronous_commit=_bool("ACCESS_LOG_SYNCHRONOUS_COMMIT", defaults.access_log_synchronous_commit, env),
+        audit_retention_months=_int("AUDIT_RETENTION_MONTHS", defaults.audit_retention_months, env),
+        audit_seal_settle_seconds=_int("AUDIT_SEAL_SETTLE_SECONDS", defaults.audit_seal_settle_seconds, env),
     )
     if settings.is_development and not settings.jwt_secret:
         settings = replace(settings, jwt_secret=_local_secret(settings.data_dir))
@@ -208,6 +218,10 @@ def check(settings: Settings, *, serving: bool = True) -> None:
         raise ConfigError("REQUEST_THREADS must be between 0 and 64")
     if settings.database_migration_url and not settings.database_url:
         raise ConfigError("DATABASE_MIGRATION_URL is set but DATABASE_URL is not: the API's role needs its own URL")
+    if settings.audit_retention_months < 1:
+        raise ConfigError("AUDIT_RETENTION_MONTHS must be at least 1 (a month is the smallest part pruned)")
+    if settings.audit_seal_settle_seconds < 0:
+        raise ConfigError("AUDIT_SEAL_SETTLE_SECONDS must be 0 or more")
     if settings.count_exact_limit < 1 or settings.search_count_exact_limit < 1:
         raise ConfigError("COUNT_EXACT_LIMIT and SEARCH_COUNT_EXACT_LIMIT must be at least 1")
 

@@ -69,6 +69,11 @@ def ensure_database(admin_url: str, database: str) -> None:
         engine.dispose()
 
 
+def sqlalchemy_engine(url: str) -> Engine:
+    """A plain engine for a command's own work (the operator's commands, not the API's pools)."""
+    return sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
+
+
 def drop_database(admin_url: str, database: str) -> None:
     """Drop ``database`` (tests use throw-away databases)."""
     engine = sa.create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
@@ -193,6 +198,15 @@ def single_statement() -> Iterator[Connection]:
                 driver.autocommit = False
 
 
+def recorded_read(work: Callable[[Connection], T]) -> T:
+    """A read that writes its access rows (models/access.py): on the primary, never a replica,
+    each statement committed by itself when it returns, so the row is durable before the
+    response is sent. Not retried: a dead connection is replaced at checkout, and a statement
+    that failed midway may have recorded the read already."""
+    with single_statement() as conn:
+        return work(conn)
+
+
 def read(work: Callable[[Connection], T]) -> T:
     """Run a read-only unit of work on the read pool; once more if the connection was dead.
 
@@ -250,6 +264,8 @@ def create_pools(url: str, settings: Settings) -> Pools:
     for name, engine in (("writer", pools.writer), ("reader", pools.reader)):
         sa.event.listen(engine, "connect", _uuids_as_text)
         sa.event.listen(engine, "handle_error", _connection_failure_log(name, url))
+    if not settings.access_log_synchronous_commit:
+        sa.event.listen(pools.writer, "before_cursor_execute", _commit_without_flush_wait, retval=True)
     # A connection that died with a database restart is replaced before a write sees it.
     sa.event.listen(pools.writer, "checkout", _closed_by_server_check(pools.writer.dialect))
     return pools
@@ -284,6 +300,20 @@ def _connection_failure_log(pool: str, url: str):
         state.update(logged_at=now, suppressed=0)
 
     return on_error
+
+
+# Execution option of a statement whose commit need not wait for the WAL flush (an access row).
+ASYNCHRONOUS_COMMIT = "asynchronous_commit"
+_ASYNCHRONOUS_PREFIX = "SET LOCAL synchronous_commit TO off; "
+
+
+def _commit_without_flush_wait(_conn, _cursor, statement, parameters, context, _executemany):
+    """Send such a statement after ``SET LOCAL synchronous_commit TO off`` in the same query
+    string: PostgreSQL runs the two as one implicit transaction, so the setting ends with it
+    (safe behind a transaction-mode pooler) and costs no round trip."""
+    if context is not None and context.execution_options.get(ASYNCHRONOUS_COMMIT):
+        statement = _ASYNCHRONOUS_PREFIX + statement
+    return statement, parameters
 
 
 def _closed_by_server_check(dialect):

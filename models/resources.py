@@ -289,6 +289,7 @@ PATIENTS = Resource(
     embeds={"branch": BRANCH},
     hidden=PATIENT_INTERNAL,
     search_filters=frozenset({"search"}),
+    patient_column="id",
 )
 
 BRANCHES = Resource(
@@ -319,6 +320,7 @@ APPOINTMENTS = Resource(
              "date_from": at_or_after("date"), "date_to": before("date")},
     embeds={"patient": PATIENT, "staff": STAFF, "branch": BRANCH},
     before_create=_appointment_before_create,
+    patient_column="patient_id",
 )
 
 PRESCRIPTIONS = Resource(
@@ -326,6 +328,7 @@ PRESCRIPTIONS = Resource(
     references={"patient_id": t.patient, "staff_id": holding("prescriptions:write")},
     filters={"patient_id": equals("patient_id"), "staff_id": equals("staff_id")},
     embeds={"patient": PATIENT, "staff": STAFF},
+    patient_column="patient_id",
 )
 
 TRANSACTIONS = Resource(
@@ -334,6 +337,7 @@ TRANSACTIONS = Resource(
     filters={"patient_id": equals("patient_id"), "staff_id": equals("staff_id"), "type": equals("type"),
              "method": equals("method"), "date_from": at_or_after("date"), "date_to": before("date")},
     embeds={"patient": PATIENT, "staff": STAFF},
+    patient_column="patient_id",
 )
 
 INVENTORY = Resource(

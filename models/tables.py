@@ -5,11 +5,13 @@ database and fails on any difference in tables, columns, types, nullability or d
 """
 from sqlalchemy import (
     ARRAY,
+    BigInteger,
     CHAR,
     Boolean,
     Column,
     Computed,
     Date,
+    Identity,
     Integer,
     MetaData,
     Numeric,
@@ -252,6 +254,7 @@ session = Table(
 
 audit_log = Table(
     "audit_log", metadata,
+    # Partitioned by created_at (sql/0021), so the key holds it too.
     _id(), _org(), _ref("user_id", nullable=True),
     Column("action", String(50), nullable=False),
     Column("resource", String(50), nullable=False),
@@ -261,7 +264,47 @@ audit_log = Table(
     Column("ip_address", String(45)),
     Column("user_agent", Text),
     Column("request_id", String(100)),
+    Column("created_at", TIMESTAMP(timezone=True), primary_key=True, server_default=NOW),
+    # The order in which seals chain an organization's rows; PostgreSQL assigns it.
+    Column("seq", BigInteger, nullable=False, server_default=text("nextval('audit_log_seq'::regclass)")),
+)
+
+# Who read which patients' records (sql/0021): one row per request that returned them. No key:
+# written on the read path, it carries as little as it can.
+access_log = Table(
+    "access_log", metadata,
+    Column("seq", BigInteger, nullable=False, server_default=text("nextval('access_log_seq'::regclass)")),
+    _org(), _ref("user_id", nullable=True),
+    Column("action", String(20), nullable=False),
+    Column("resource", String(50), nullable=False),
+    Column("patient_ids", postgresql.ARRAY(UUID(as_uuid=False)), nullable=False),
+    Column("ip_address", String(45)),
+    Column("user_agent", Text),
+    Column("request_id", String(100)),
     _ts("created_at", nullable=False, default=NOW),
+)
+
+# Tamper-evidence seals of audit_log and access_log (sql/0022), and the months pruned from them.
+audit_seal = Table(
+    "audit_seal", metadata,
+    Column("id", BigInteger, Identity(always=True, start=1, increment=1, minvalue=1, maxvalue=2**63 - 1,
+                                     cycle=False, cache=1), primary_key=True),
+    _org(),
+    Column("trail", String(20), nullable=False),
+    Column("month", Date, nullable=False),
+    Column("seqs", postgresql.ARRAY(BigInteger), nullable=False),
+    Column("digests", postgresql.ARRAY(postgresql.BYTEA), nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("previous_hash", postgresql.BYTEA),
+    Column("hash", postgresql.BYTEA, nullable=False),
+    _ts("sealed_at", nullable=False, default=NOW),
+)
+
+audit_pruned_month = Table(
+    "audit_pruned_month", metadata,
+    Column("trail", String(20), primary_key=True),
+    Column("month", Date, primary_key=True),
+    _ts("pruned_at", nullable=False, default=NOW),
 )
 
 idempotency_key = Table(

@@ -33,12 +33,13 @@ class Caller:
         return self.origin_of() if self.origin_of is not None else {}
 
 
-def scoped(table, org_id: Any, *, alias=None) -> list:
+def scoped(table, org_id: Any, *, alias=None, deleted_too: bool = False) -> list:
     """The conditions every statement on a tenant table carries: this organization, live rows
-    only (a table without soft delete, such as the append-only audit trail, has no such rows)."""
+    only (a table without soft delete, such as the append-only audit trail, has no such rows).
+    ``deleted_too`` is for the audit's questions about rows that no longer exist."""
     t = alias if alias is not None else table
     conditions = [t.c.org_id == org_id]
-    if "deleted_at" in t.c:
+    if "deleted_at" in t.c and not deleted_too:
         conditions.append(t.c.deleted_at.is_(None))
     return conditions
 

@@ -311,11 +311,11 @@ def test_a_search_over_the_limit_is_counted_once(app_with, make_org):
     def remember(_conn, _cursor, statement, *_args):
         statements.append(statement.lower())
 
-    reader = database.current_pools().reader
-    sa.event.listen(reader, "before_cursor_execute", remember)
+    primary = database.current_pools().writer  # patient reads write access rows: on the primary
+    sa.event.listen(primary, "before_cursor_execute", remember)
     try:
         found = client.get("/patients?search=countonce&pageSize=2", headers=org.headers).json()["data"]
     finally:
-        sa.event.remove(reader, "before_cursor_execute", remember)
+        sa.event.remove(primary, "before_cursor_execute", remember)
     assert found["total_estimated"] is True and len(found["patients"]) == 2
     assert len([s for s in statements if "count(" in s]) == 1

@@ -36,6 +36,8 @@ def _samples(kind) -> list:
         return [0, -5, 2**31 - 1]
     if isinstance(kind, postgresql.UUID):
         return [str(uuid.uuid4())]
+    if isinstance(kind, sa.ARRAY) and isinstance(kind.item_type, postgresql.UUID):
+        return [[str(uuid.uuid4()), str(uuid.uuid4())], []]
     if isinstance(kind, sa.ARRAY):
         return [["a", 'quote " back \\ slash'], []]
     if isinstance(kind, postgresql.JSONB):

@@ -23,7 +23,10 @@ def _default(value) -> str | None:
 
 def test_models_match_the_migrated_database(engine):
     reflected = sa.MetaData()
-    reflected.reflect(engine)
+    with engine.connect() as conn:
+        # A partition (audit_log_y2026m12...) is part of its table, not a table of the model.
+        partitions = set(conn.execute(sa.text("SELECT relname FROM pg_class WHERE relispartition")).scalars())
+    reflected.reflect(engine, only=lambda name, _: name not in partitions)
     assert set(reflected.tables) - YOYO_TABLES == set(metadata.tables)
     dialect = engine.dialect
     for name, model in metadata.tables.items():
