@@ -88,7 +88,10 @@ def cmd_audit(settings, args) -> int:
     """The audit trail's upkeep: prune (retention), seal (tamper evidence), verify."""
     from models import trail
 
-    engine = database.sqlalchemy_engine(_database_url(settings))
+    # Pruning creates and drops partitions: the schema owner's work. Sealing and verifying need
+    # only what the API's role holds (reading the trails, adding seals).
+    url = database.resolve_migration_url(settings) if args.action == "prune" else _database_url(settings)
+    engine = database.sqlalchemy_engine(url)
     try:
         with engine.begin() as conn:
             if args.action == "prune":

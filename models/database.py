@@ -360,7 +360,7 @@ def _uuids_as_text(dbapi_connection, _record) -> None:
 MIGRATION_LOCK_KEY = 2_204_220_220
 # Tables the runtime role may add rows to but never change or remove rows of. A table partitioned
 # from one of these (or attached to it) gets the same privileges.
-APPEND_ONLY_TABLES = ("audit_log",)
+APPEND_ONLY_TABLES = ("audit_log", "access_log", "audit_seal", "audit_pruned_month")
 # yoyo's bookkeeping: the runtime role reads it (/ready compares it with the files), nothing more.
 YOYO_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock")
 

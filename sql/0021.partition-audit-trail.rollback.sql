@@ -1,5 +1,5 @@
 DROP TABLE access_log;
-DROP FUNCTION access_log_refuse_change();
+DROP FUNCTION trail_refuse_change();
 
 ALTER TABLE audit_log RENAME TO audit_log_partitioned;
 ALTER INDEX audit_log_org_list_idx RENAME TO audit_log_partitioned_list_idx;

@@ -107,14 +107,13 @@ SELECT audit_create_month_partitions('access_log', now()::date, 13);
 CREATE INDEX access_log_patient_idx ON access_log USING gin (patient_ids);
 CREATE INDEX access_log_seq_idx ON access_log USING brin (seq);
 
-CREATE FUNCTION access_log_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+-- For every append-only table from here on (the seals of 0022 too): it names the table refused.
+CREATE FUNCTION trail_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  RAISE EXCEPTION 'access_log is append-only' USING ERRCODE = 'insufficient_privilege';
+  RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
 END;
 $$;
-CREATE TRIGGER access_log_append_only
-  BEFORE UPDATE OR DELETE ON access_log
-  FOR EACH ROW EXECUTE FUNCTION access_log_refuse_change();
-CREATE TRIGGER access_log_no_truncate
-  BEFORE TRUNCATE ON access_log
-  FOR EACH STATEMENT EXECUTE FUNCTION access_log_refuse_change();
+CREATE TRIGGER access_log_append_only BEFORE UPDATE OR DELETE ON access_log
+  FOR EACH ROW EXECUTE FUNCTION trail_refuse_change();
+CREATE TRIGGER access_log_no_truncate BEFORE TRUNCATE ON access_log
+  FOR EACH STATEMENT EXECUTE FUNCTION trail_refuse_change();

@@ -31,14 +31,9 @@ CREATE TABLE audit_pruned_month (
   PRIMARY KEY (trail, month)
 );
 
-CREATE FUNCTION audit_seal_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
-END;
-$$;
 CREATE TRIGGER audit_seal_append_only BEFORE UPDATE OR DELETE ON audit_seal
-  FOR EACH ROW EXECUTE FUNCTION audit_seal_refuse_change();
+  FOR EACH ROW EXECUTE FUNCTION trail_refuse_change();
 CREATE TRIGGER audit_seal_no_truncate BEFORE TRUNCATE ON audit_seal
-  FOR EACH STATEMENT EXECUTE FUNCTION audit_seal_refuse_change();
+  FOR EACH STATEMENT EXECUTE FUNCTION trail_refuse_change();
 CREATE TRIGGER audit_pruned_month_append_only BEFORE UPDATE OR DELETE ON audit_pruned_month
-  FOR EACH ROW EXECUTE FUNCTION audit_seal_refuse_change();
+  FOR EACH ROW EXECUTE FUNCTION trail_refuse_change();

@@ -92,11 +92,11 @@ def test_the_patients_history_lists_reads_and_changes_newest_first(client, world
     assert foreign.status_code == 404 and error_of(foreign)["code"] == "NOT_FOUND"
 
 
-def test_access_rows_are_append_only(engine, client, world):
+def test_access_rows_are_append_only_even_for_their_owner(owner_engine, client, world):
     client.get(f"/patients/{world.patient_id}", headers=world.org.headers)
     for statement in ("UPDATE access_log SET user_id = NULL WHERE org_id = :org",
                       "DELETE FROM access_log WHERE org_id = :org"):
-        with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as conn:
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), owner_engine.begin() as conn:
             conn.execute(sa.text(statement), {"org": world.org.org_id})
 
 

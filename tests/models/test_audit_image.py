@@ -50,10 +50,14 @@ def _samples(kind) -> list:
     raise AssertionError(f"no samples for {kind!r}: add some, then see that the images still agree")
 
 
+# The trail's own bookkeeping: never a record with an audit image.
+NEVER_IMAGED = {"audit_seal"}
+
+
 def _column_types() -> dict[str, sa.types.TypeEngine]:
     dialect = postgresql.dialect()
     return {str(column.type.compile(dialect)): column.type
-            for table in tables.metadata.tables.values() for column in table.c}
+            for table in tables.metadata.tables.values() if table.name not in NEVER_IMAGED for column in table.c}
 
 
 def test_sql_and_python_write_the_same_image_for_every_column_type(engine):

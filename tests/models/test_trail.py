@@ -8,9 +8,11 @@ import cli
 
 
 @pytest.fixture
-def audit_cli(monkeypatch, database_url, capsys):
-    """``clinic-api audit ...`` against the test database; returns (exit status, output)."""
+def audit_cli(monkeypatch, database_url, owner_url, capsys):
+    """``clinic-api audit ...`` against the test database, with the deployment's two roles;
+    returns (exit status, output)."""
     monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("DATABASE_MIGRATION_URL", owner_url)
     monkeypatch.setenv("APP_ENV", "test")
 
     def run(*args):
@@ -37,9 +39,9 @@ def seqs_of(engine, trail, org_id):
                             {"org": org_id}).scalars().all()
 
 
-def as_superuser(engine, statement, params):
+def as_superuser(owner_engine, statement, params):
     """What an owner or superuser can do: switch the append-only triggers off and change a row."""
-    with engine.begin() as conn:
+    with owner_engine.begin() as conn:
         conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
         conn.execute(sa.text(statement), params)
 
@@ -55,19 +57,21 @@ def test_an_untouched_trail_verifies(client, make_org, audit_cli):
 
 
 @pytest.mark.parametrize("trail", ["audit_log", "access_log"])
-def test_verify_names_the_row_a_superuser_edited_then_the_one_deleted(client, make_org, engine, audit_cli, trail):
+def test_verify_names_the_row_a_superuser_edited_then_the_one_deleted(client, make_org, engine, owner_engine,
+                                                                      audit_cli, trail):
     org = busy_org(client, make_org)
     audit_cli("seal", "--settle", "0")
     first, second, *_ = seqs_of(engine, trail, org.org_id)
-    as_superuser(engine, f"UPDATE {trail} SET user_agent = 'innocent' WHERE seq = :seq", {"seq": second})
+    as_superuser(owner_engine, f"UPDATE {trail} SET user_agent = 'innocent' WHERE seq = :seq", {"seq": second})
     status, out = audit_cli("verify", "--org", org.org_id)
     assert status == 1 and f"TAMPERED: {trail} of organization {org.org_id}: row seq {second} was edited" in out
-    as_superuser(engine, f"DELETE FROM {trail} WHERE seq = :seq", {"seq": first})
+    as_superuser(owner_engine, f"DELETE FROM {trail} WHERE seq = :seq", {"seq": first})
     status, out = audit_cli("verify", "--org", org.org_id)
     assert status == 1 and f"row seq {first} was deleted" in out
 
 
-def test_verify_names_a_row_slipped_in_below_a_seal_and_a_rewritten_seal(client, make_org, engine, audit_cli):
+def test_verify_names_a_row_slipped_in_below_a_seal_and_a_rewritten_seal(client, make_org, engine, owner_engine,
+                                                                          audit_cli):
     org = busy_org(client, make_org)
     audit_cli("seal", "--settle", "0")
     first = seqs_of(engine, "audit_log", org.org_id)[0]
@@ -78,7 +82,7 @@ def test_verify_names_a_row_slipped_in_below_a_seal_and_a_rewritten_seal(client,
     assert status == 1 and "was inserted out of order" in out
     other = busy_org(client, make_org)
     audit_cli("seal", "--settle", "0")
-    as_superuser(engine, "UPDATE audit_seal SET hash = sha256(hash) WHERE org_id = :org", {"org": other.org_id})
+    as_superuser(owner_engine, "UPDATE audit_seal SET hash = sha256(hash) WHERE org_id = :org", {"org": other.org_id})
     status, out = audit_cli("verify", "--org", other.org_id)
     assert status == 1 and "a seal was changed" in out
 
@@ -107,10 +111,11 @@ def test_sealing_holds_no_lock_a_request_waits_on(client, make_org, engine):
         assert done == [201]
 
 
-def test_prune_drops_whole_months_past_retention_and_nothing_else(client, make_org, engine, audit_cli, monkeypatch):
+def test_prune_drops_whole_months_past_retention_and_nothing_else(client, make_org, engine, owner_engine, audit_cli,
+                                                                  monkeypatch):
     org = make_org()
     recent = len(seqs_of(engine, "audit_log", org.org_id))  # its creation and its admin's login
-    with engine.begin() as conn:
+    with owner_engine.begin() as conn:
         conn.execute(sa.text("SELECT audit_create_month_partitions('audit_log', DATE '2019-03-01', 1)"))
         conn.execute(sa.text("INSERT INTO audit_log (org_id, action, resource, created_at) "
                              "VALUES (:org, 'create', 'patient', TIMESTAMPTZ '2019-03-15 12:00:00+00')"),
@@ -128,6 +133,6 @@ def test_prune_drops_whole_months_past_retention_and_nothing_else(client, make_o
     assert "audit_log_y2019m03" not in audit_cli("prune")[1]
 
 
-def test_seals_are_append_only(engine):
-    with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as conn:
+def test_seals_are_append_only_even_for_their_owner(owner_engine):
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), owner_engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM audit_seal"))
