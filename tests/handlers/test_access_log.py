@@ -83,7 +83,9 @@ def test_the_patients_history_lists_reads_and_changes_newest_first(client, world
                                                                    ("change", "create")]
     assert data["total"] == 3 and data["entries"][0]["request_id"] == "req-access-1"
     assert data["entries"][1]["resource_id"] == world.patient_id
-    paged = client.get(f"/patients/{world.patient_id}/access-log?page=2&pageSize=2", headers=org.headers).json()["data"]
+    paged_response = client.get(f"/patients/{world.patient_id}/access-log?page=2&pageSize=2", headers=org.headers)
+    assert 'rel="prev"' in paged_response.headers["Link"]
+    paged = paged_response.json()["data"]
     assert [e["action"] for e in paged["entries"]] == ["create"] and paged["total"] == 3
     client.delete(f"/patients/{world.patient_id}", headers=org.headers)
     after = client.get(f"/patients/{world.patient_id}/access-log", headers=org.headers).json()["data"]
