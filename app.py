@@ -6,9 +6,7 @@ import logging
 from pathlib import Path
 
 import connexion
-from connexion.middleware import ConnexionMiddleware, MiddlewarePosition
-from connexion.middleware.request_validation import RequestValidationMiddleware
-from connexion.middleware.swagger_ui import SwaggerUIMiddleware
+from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
 from inflection import underscore
 from starlette.exceptions import HTTPException
@@ -16,20 +14,12 @@ from starlette.middleware.cors import CORSMiddleware
 
 import config
 from handlers import JSONIFIER
-from middleware import auth, errors, flask_bridge, observability, ratelimit
+from middleware import adapter, auth, errors, observability, ratelimit
 from middleware.http import Edge
-from middleware.routes import RouteTable, SwaggerUI
-from middleware.validation import VALIDATORS, RequestValidation
+from middleware.routes import RouteTable
 from models import database
 
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
-
-# connexion's middleware stack, with two of its layers replaced by versions that do less per
-# request (see each). A tuple: each app needs a list of its own, since connexion inserts added
-# middlewares into the one it is given.
-_OURS = {RequestValidationMiddleware: RequestValidation, SwaggerUIMiddleware: SwaggerUI}
-MIDDLEWARES = tuple(_OURS.get(layer, layer) for layer in ConnexionMiddleware.default_middlewares)
-
 
 class SnakeCaseResolver(Resolver):
     """``listPatients`` in ``x-openapi-router-controller: handlers.patients`` -> ``list_patients``."""
@@ -40,6 +30,7 @@ class SnakeCaseResolver(Resolver):
 
 def create_app(settings: config.Settings | None = None, *, database_url: str | None = None) -> connexion.FlaskApp:
     """Build the ASGI application. The database URL defaults to the configured or embedded one."""
+    adapter.check_versions()
     settings = settings or config.load()
     config.use(settings)
     auth.configure(settings)
@@ -54,8 +45,8 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         specification_dir=str(SPEC_DIR),
         lifespan=_close_pool_on_shutdown,
         jsonifier=JSONIFIER,
-        security_map=flask_bridge.SECURITY_MAP,
-        middlewares=list(MIDDLEWARES),
+        security_map=adapter.SECURITY_MAP,
+        middlewares=list(adapter.MIDDLEWARES),
     )
     app.add_api(
         "openapi.yaml",
@@ -63,9 +54,9 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         strict_validation=True,
         validate_responses=settings.validate_responses,
         pythonic_params=True,
-        validator_map=VALIDATORS,
+        validator_map=adapter.VALIDATORS,
     )
-    flask_bridge.install(app, settings.request_threads)
+    adapter.install(app, settings.request_threads)
     for exc_class in (errors.ApiError, connexion.ProblemException, HTTPException, Exception):
         app.add_error_handler(exc_class, errors.connexion_handler)
     app.app.register_error_handler(Exception, errors.flask_handler)

@@ -70,7 +70,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # Handler threads per worker; 0 runs handlers on the worker's event loop (middleware/flask_bridge.py).
+    # Handler threads per worker; 0 runs handlers on the worker's event loop (middleware/adapter.py).
     request_threads: int = 0
     log_level: str = "INFO"
     rate_limit_default: str = "100/minute"

@@ -1,11 +1,13 @@
-"""How Flask is called (middleware/flask_bridge.py): on the event loop by default, or on threads."""
+"""The framework adapter (middleware/adapter.py): one test per connexion/a2wsgi internal it relies on,
+the version check, and how Flask is called (on the event loop by default, or on threads)."""
 import asyncio
 
 import pytest
 
 import config
 from config import ROOT
-from middleware.flask_bridge import FlaskBridge
+from middleware import adapter
+from middleware.adapter import FlaskBridge
 from tests.conftest import error_of
 
 
@@ -41,7 +43,7 @@ def test_operations_are_decorated_once(app, client, org_a):
 
 
 def test_swagger_ui_is_served_and_stepped_over_by_api_calls(client, org_a):
-    """routes.SwaggerUI passes on what cannot be one of its paths without running its router; its
+    """adapter.SwaggerUI passes on what cannot be one of its paths without running its router; its
     own paths still answer, and a near miss still gets the API's 404."""
     assert client.get("/openapi.json").json()["openapi"].startswith("3.")
     redirect = client.get("/ui", follow_redirects=False)
@@ -57,16 +59,14 @@ def test_spec_documents_are_rendered_once(app_with, monkeypatch):
     """Each anonymous GET of /openapi.yaml re-serialised the whole spec (1.7 s of CPU, resolved, on
     the worker's event loop); the first answer of each document is kept and replayed."""
     import yaml
-    from middleware import routes
-
     rendered = []
-    original = routes.as_yaml
+    original = adapter.as_yaml
 
     def counted(document):
         rendered.append(1)
         return original(document)
 
-    monkeypatch.setattr(routes, "as_yaml", counted)
+    monkeypatch.setattr(adapter, "as_yaml", counted)
     client = app_with().test_client()
     answers = [client.get("/openapi.yaml") for _ in range(3)]
     assert [a.status_code for a in answers] == [200] * 3 and len(rendered) == 1
@@ -100,7 +100,7 @@ def test_a_get_never_reads_the_body(client, org_a, monkeypatch):
 
 def test_a_path_parameter_is_validated_once():
     """connexion hands the validator a path item's parameters once per middleware that built it."""
-    from middleware.validation import ParametersValidator
+    from middleware.adapter import ParametersValidator
 
     id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     embed = {"name": "embed", "in": "query", "schema": {"type": "string"}}
@@ -109,26 +109,73 @@ def test_a_path_parameter_is_validated_once():
     assert [p["name"] for p in validator.parameters["query"]] == ["embed"]
 
 
-def test_validators_kept_per_operation_are_bounded(app_with, make_org, monkeypatch):
-    """Request validators are kept per operation and Content-Type; a client naming many content
-    types cannot grow that cache."""
-    from middleware import validation
+def test_each_schema_is_compiled_once(client, org_a):
+    """connexion hands the validators the same schema objects on every request, so the compiled
+    validators stay as many as the spec has schemas, whatever the traffic."""
+    for _ in range(3):
+        assert client.get("/patients?pageSize=5", headers=org_a.headers).status_code == 200
+        assert client.post("/branches", json={"name": "Once"}, headers=org_a.headers).status_code == 201
+    kept = len(adapter._compiled)
+    for _ in range(20):
+        client.get("/patients?pageSize=5", headers=org_a.headers)
+        client.post("/branches", json={"name": "Once"}, headers=org_a.headers)
+    assert len(adapter._compiled) == kept
 
-    made = []
-    build = validation._ValidatedOnce.__init__
 
-    def remember(self, *args, **kwargs):
-        build(self, *args, **kwargs)
-        made.append(self)
+def test_the_flask_app_is_called_through_the_bridge(app):
+    """connexion's private FlaskASGIApp (``_middleware_app``) holds the a2wsgi adapter we replace."""
+    assert isinstance(app._middleware_app.asgi_app, FlaskBridge)
 
-    monkeypatch.setattr(validation._ValidatedOnce, "__init__", remember)
-    client = app_with().test_client()
-    org = make_org()
-    for n in range(3 * validation._BODY_VALIDATORS_KEPT):
-        answer = client.get("/patients", headers={**org.headers, "Content-Type": f"text/x-{n}"})
-        assert answer.status_code == 200
-    listing = next(op for op in made if op._operation.operation_id == "handlers.patients.list_patients")
-    assert len(listing._bodies) == validation._BODY_VALIDATORS_KEPT
+
+def test_the_oauth_handler_asks_the_token_function_once():
+    """connexion's ``_accepts_kwarg`` still takes (function, name) and answers the same each time."""
+    from middleware import auth
+
+    handler = adapter._OAuthHandler
+    assert handler._accepts_kwarg(auth.token_info, "required_scopes") is False
+    assert handler._accepts_kwarg.cache_info().hits + handler._accepts_kwarg.cache_info().misses >= 1
+
+
+def test_another_framework_version_refuses_to_start(monkeypatch):
+    real = adapter.metadata.version
+    monkeypatch.setattr(adapter.metadata, "version", lambda name: "9.9.9" if name == "connexion" else real(name))
+    with pytest.raises(adapter.UnsupportedFramework, match="connexion 9.9.9 \\(needs 3.3.0\\)"):
+        adapter.check_versions()
+
+
+def test_the_installed_versions_are_the_supported_ones():
+    adapter.check_versions()
+
+
+DOCUMENTED = {
+    ("connexion", None), ("connexion.middleware", "MiddlewarePosition"), ("connexion.resolver", "Resolver"),
+    ("connexion.context", "context"), ("connexion.exceptions", "OAuthProblem"),
+    ("connexion.exceptions", "OAuthScopeProblem"), ("connexion.exceptions", "ProblemException"),
+    ("connexion.jsonifier", "Jsonifier"), ("connexion.lifecycle", "ConnexionResponse"),
+}
+
+
+def test_only_the_adapter_reaches_into_connexion():
+    """Outside middleware/adapter.py, connexion is used through its documented names only, and
+    a2wsgi not at all."""
+    import ast
+
+    offenders = []
+    paths = [*config.ROOT.glob("*.py"), *config.ROOT.glob("handlers/*.py"), *config.ROOT.glob("middleware/*.py"),
+             *config.ROOT.glob("models/*.py")]
+    for path in paths:
+        if path.name == "adapter.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("connexion", "a2wsgi"):
+                offenders += [f"{path.name}: {node.module}.{alias.name}" for alias in node.names
+                              if (node.module, alias.name) not in DOCUMENTED]
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.name}: {alias.name}" for alias in node.names
+                              if alias.name.split(".")[0] in ("connexion", "a2wsgi") and (alias.name, None) not in DOCUMENTED]
+            elif isinstance(node, ast.Attribute) and node.attr == "_middleware_app":
+                offenders.append(f"{path.name}: ._middleware_app")
+    assert offenders == []
 
 
 def _drive(bridge: FlaskBridge, incoming: list[dict]) -> list[dict]:
