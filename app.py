@@ -14,10 +14,12 @@ from starlette.middleware.cors import CORSMiddleware
 
 import config
 from handlers import JSONIFIER
-from middleware import adapter, auth, errors, observability, ratelimit
+from middleware import adapter, errors, observability
+from middleware.ratelimit import RateLimits
 from middleware.http import Edge
 from middleware.routes import RouteTable
-from models import database
+from models import credentials, database
+from state import AppState
 
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
 
@@ -32,18 +34,16 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
     """Build the ASGI application. The database URL defaults to the configured or embedded one."""
     adapter.check_versions()
     settings = settings or config.load()
-    config.use(settings)
-    auth.configure(settings)
     observability.configure_logging(settings.log_level)
-    observability.configure(settings)
     _init_sentry(settings)
     url = database_url or database.resolve_url(settings)
-    database.install(database.create_pools(url, settings))
+    app_state = AppState(settings=settings, pools=database.create_pools(url, settings),
+                         limits=RateLimits(settings), dummy_password_hash=credentials.dummy_hash(settings))
 
     app = connexion.FlaskApp(
         __name__,
         specification_dir=str(SPEC_DIR),
-        lifespan=_close_pool_on_shutdown,
+        lifespan=_closing_pools_of(app_state),
         jsonifier=JSONIFIER,
         security_map=adapter.SECURITY_MAP,
         middlewares=list(adapter.MIDDLEWARES),
@@ -73,16 +73,19 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
                            expose_headers=["X-Request-ID", "ETag", "RateLimit", "RateLimit-Policy",
                                            "Retry-After", "Idempotent-Replayed"])
     app.add_middleware(Edge, position=MiddlewarePosition.BEFORE_EXCEPTION,
-                       routes=RouteTable(SPEC_DIR / "openapi.yaml"), limits=ratelimit.configure(settings),
-                       max_body_bytes=settings.max_body_bytes)
+                       routes=RouteTable(SPEC_DIR / "openapi.yaml"), app_state=app_state)
+    app.state = app_state
     return app
 
 
-@contextlib.asynccontextmanager
-async def _close_pool_on_shutdown(_app):
-    """On SIGTERM the server drains in-flight requests, then the pool closes its connections."""
-    yield
-    database.current_pools().dispose()
+def _closing_pools_of(app_state: AppState):
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        """On SIGTERM the server drains in-flight requests, then the pools close their connections."""
+        yield
+        app_state.pools.dispose()
+
+    return lifespan
 
 
 def _init_sentry(settings: config.Settings) -> None:

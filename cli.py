@@ -72,16 +72,17 @@ def _create_org(args, password):
 
 
 def _with_app_engine(settings, url, action):
+    """Run ``action`` with an application state of its own: the settings and a pool, no server."""
+    import state
     from models import credentials
 
-    config.use(settings)
-    credentials.configure(settings)
-    pools = database.create_pools(url, settings)
-    database.install(pools)
+    app_state = state.AppState(settings=settings, pools=database.create_pools(url, settings),
+                               dummy_password_hash=credentials.dummy_hash(settings))
     try:
-        return action()
+        with state.bound(app_state):
+            return action()
     finally:
-        pools.dispose()
+        app_state.pools.dispose()
 
 
 def cmd_audit(settings, args) -> int:

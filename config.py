@@ -186,20 +186,11 @@ def _local_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-_current: Settings | None = None
-
-
-def use(settings: Settings) -> None:
-    """Make ``settings`` the running app's (the app factory calls this once)."""
-    global _current
-    _current = settings
-
-
 def current() -> Settings:
-    """The running app's settings."""
-    if _current is None:
-        raise RuntimeError("no settings installed; create the app first")
-    return _current
+    """The settings of the app serving this request (``state.current()``)."""
+    import state
+
+    return state.current().settings
 
 
 def check(settings: Settings, *, serving: bool = True) -> None:

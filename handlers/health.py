@@ -4,13 +4,14 @@ import time
 import flask
 import sqlalchemy as sa
 
+import state
+
 from middleware.observability import render_metrics
 from models import database
 
 # How long a "migrations current" answer is trusted: a rollback on a running instance is seen
 # within this, and a load balancer polling every second costs one query per interval, not per poll.
 MIGRATIONS_RECHECK_SECONDS = 5.0
-_migrations_checked: tuple[float, int] | None = None  # (monotonic time, pending count)
 
 
 def get_health():
@@ -35,11 +36,12 @@ def get_readiness():
 
 def _pending_migrations(conn) -> int:
     """How many migrations the database lacks, read at most once per MIGRATIONS_RECHECK_SECONDS."""
-    global _migrations_checked
+    app_state = state.current()
     now = time.monotonic()
-    if _migrations_checked is None or now - _migrations_checked[0] >= MIGRATIONS_RECHECK_SECONDS:
-        _migrations_checked = (now, len(database.pending_on(conn)))
-    return _migrations_checked[1]
+    checked = app_state.migrations_checked
+    if checked is None or now - checked[0] >= MIGRATIONS_RECHECK_SECONDS:
+        checked = app_state.migrations_checked = (now, len(database.pending_on(conn)))
+    return checked[1]
 
 
 def get_metrics():

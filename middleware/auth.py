@@ -11,25 +11,19 @@ import time
 
 from connexion.exceptions import OAuthProblem
 
-from config import Settings
+import state
 from errors import ApiError
 from models import credentials
 
-# Verified tokens, so that the rate limiter and the security check of the same request, and the
-# next requests with the same token, do not verify the signature again (PyJWT costs about a
-# third of a simple request's CPU). Expiry is still checked on every use.
-_verified: dict[str, dict] = {}
+# Verified tokens are kept on the app's state, so that the rate limiter and the security check of
+# the same request, and the next requests with the same token, do not verify the signature again
+# (PyJWT costs about a third of a simple request's CPU). Expiry is still checked on every use.
 _VERIFIED_MAX = 10_000
-
-
-def configure(settings: Settings) -> None:
-    """Prepare for ``settings`` (called once by the app factory, after ``config.use``)."""
-    _verified.clear()  # a new secret, issuer or audience invalidates what was verified
-    credentials.configure(settings)
 
 
 def token_info(token: str) -> dict:
     """Decode and check an access token; any failure is a 401."""
+    _verified = state.current().verified_tokens
     claims = _verified.get(token)
     if claims is not None:
         if claims["exp"] > time.time():

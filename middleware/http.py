@@ -16,6 +16,7 @@ from middleware.errors import ApiError, error_body
 from middleware.ratelimit import RateLimits
 from middleware.routes import RouteTable
 from middleware.tenancy import client_ip
+from state import AppState, bind as bind_app_state
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,100}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -42,15 +43,19 @@ class _TooLarge(ApiError):
 class Edge:
     """Request id, route, method check, body limit, rate limit, response headers, metrics, log."""
 
-    def __init__(self, app, routes: RouteTable, limits: RateLimits, max_body_bytes: int):
+    def __init__(self, app, routes: RouteTable, app_state: AppState):
         self.app = app
         self.routes = routes
-        self.limits = limits
-        self.max_body_bytes = max_body_bytes
+        self.app_state = app_state
+        self.limits: RateLimits = app_state.limits
+        self.max_body_bytes = app_state.settings.max_body_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        # Each request runs in a task of its own, so this binds the app's state for that request
+        # only (and for the handler thread, which runs in a copy of the task's context).
+        bind_app_state(self.app_state)
         started = time.perf_counter()
         state = scope.setdefault("state", {})
         headers = dict(scope["headers"])  # request header names arrive lower-cased

@@ -14,6 +14,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
+import state
+
 
 REQUESTS = Counter("http_requests_total", "HTTP requests by method, route template and status",
                    ["method", "route", "status"])
@@ -33,33 +35,22 @@ access_log = logging.getLogger("clinic_api.access")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-_multiprocess = False
-
-
-def configure(settings) -> None:
-    global _multiprocess
-    _multiprocess = bool(settings.prometheus_multiproc_dir)
-
-
 def render_metrics() -> tuple[bytes, str]:
     """The exposition text: this process's registry, or every worker's in multiprocess mode."""
-    if _multiprocess:
+    if state.current().settings.prometheus_multiproc_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE
     return generate_latest(), CONTENT_TYPE
 
 
-_pool_sampled_at = 0.0
-
-
 def _pool_gauges() -> None:
     """Pool usage, sampled at most once a second: exact enough for a gauge, cheap per request."""
-    global _pool_sampled_at
+    app_state = state.current()
     now = time.monotonic()
-    if now - _pool_sampled_at < 1.0:
+    if now - app_state.pool_sampled_at < 1.0:
         return
-    _pool_sampled_at = now
+    app_state.pool_sampled_at = now
     from models.database import current_pools
 
     try:

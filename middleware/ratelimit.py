@@ -16,6 +16,7 @@ from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+import state
 from config import Settings
 from middleware.errors import ApiError
 
@@ -72,22 +73,13 @@ class RateLimits:
         return allowed, remaining, max(0, math.ceil(reset - time.time()))
 
 
-_limits: RateLimits | None = None
-
-
-def configure(settings: Settings) -> RateLimits:
-    global _limits
-    _limits = RateLimits(settings)
-    return _limits
-
-
 def _account_key(email: str) -> str:
     return email.strip().lower()
 
 
 def check_login_account(email: str) -> None:
     """Refuse a login for an account whose failed attempts are used up, whatever the client IP."""
-    limits = _limits
+    limits = state.current().limits
     if limits is None or not limits.enabled:
         return
     try:
@@ -103,6 +95,6 @@ def check_login_account(email: str) -> None:
 
 
 def record_failed_login(email: str) -> None:
-    limits = _limits
+    limits = state.current().limits
     if limits is not None and limits.enabled:
         limits.hit("login-account", limits.login_account, _account_key(email))

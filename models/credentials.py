@@ -13,6 +13,7 @@ import bcrypt
 import jwt
 
 import config
+import state
 from config import Settings
 from errors import ApiError
 
@@ -20,14 +21,10 @@ ALGORITHM = "HS256"
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it
 
-_dummy_hash = b""
-
-
-def configure(settings: Settings) -> None:
-    """Prepare for ``settings`` (the app factory and the command line call this once)."""
-    global _dummy_hash
-    # Verified against when the email is unknown, so both paths cost one bcrypt check.
-    _dummy_hash = bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(settings.bcrypt_rounds))
+def dummy_hash(settings: Settings) -> bytes:
+    """A hash to check a password against when the email is unknown, so that both paths cost one
+    bcrypt check at the configured cost (kept on the app's state)."""
+    return bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(settings.bcrypt_rounds))
 
 
 def issue_access_token(*, staff_id: str, org_id: str, roles: list[str], scopes: list[str]) -> str:
@@ -92,6 +89,6 @@ def check_password(password: str, password_hash: str | None) -> bool:
     """bcrypt check; with no hash (unknown account) it still spends the same time and fails."""
     candidate = password.encode()[:MAX_PASSWORD_BYTES]
     if password_hash is None:
-        bcrypt.checkpw(candidate, _dummy_hash)
+        bcrypt.checkpw(candidate, state.current().dummy_password_hash)
         return False
     return bcrypt.checkpw(candidate, password_hash.encode())

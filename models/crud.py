@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import Numeric, Table, func, select
 
 import config
+import state
 from errors import ApiError
 from models.instants import parse_instant
 from models.tenancy import Caller, check_org, scoped
@@ -26,6 +27,7 @@ from models import database
 from models.database import current_engine
 
 Hook = Callable[..., Any]
+_STATEMENTS_KEPT = 1_000
 # Sees the row a change is about to apply to, under its lock; raises to refuse the change.
 Precondition = Callable[[Mapping[str, Any]], None]
 
@@ -95,6 +97,19 @@ class Resource:
     after_update: Hook | None = None
     before_delete: Hook | None = None
     after_delete: Hook | None = None
+
+    # Statements built once per shape (references sent, fields sent, embeds asked for) instead of
+    # per request; bounded, since clients choose the shapes.
+    statements: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def statement(self, key: tuple, build: Callable[[], Any]):
+        """The statement of one shape, built by ``build()`` the first time it is asked for."""
+        built = self.statements.get(key)
+        if built is None:
+            if len(self.statements) >= _STATEMENTS_KEPT:
+                self.statements.clear()
+            built = self.statements[key] = build()
+        return built
 
     @cached_property  # read on every request; the table never changes
     def public_columns(self) -> list:
@@ -181,18 +196,13 @@ def _refuse_missing(resource: Resource, wanted: tuple[str, ...], found: Mapping[
 
 # The suffix of the column that says whether a reference named a live row.
 _FOUND = "__found"
-_reference_probes: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-
 def _reference_probe(resource: Resource, names: tuple[str, ...]):
     """One EXISTS per reference (``<name>__found``), as a single SELECT built once per
     combination of references: a query of its own before an update or a hooked create, the
     ``found`` part of an audited insert otherwise.
 
     Bound as ``{"org_id": org_id, name: id, ...}``, the names an INSERT binds its values with."""
-    key = (id(resource), names)
-    probe = _reference_probes.get(key)
-    if probe is None:
+    def build():
         checks = []
         for name in names:
             target = resource.references[name]
@@ -202,12 +212,9 @@ def _reference_probe(resource: Resource, names: tuple[str, ...]):
             exists = sa.exists().where(target.c.id == sa.bindparam(name), *scoped(target, sa.bindparam("org_id")),
                                        *rules)
             checks.append(exists.label(name + _FOUND))
-        probe = _reference_probes[key] = select(*checks)
-    return probe
+        return select(*checks)
 
-
-_audited_inserts: dict[tuple[int, tuple[str, ...], tuple[str, ...]], Any] = {}
-_AUDITED_INSERTS_KEPT = 1_000
+    return resource.statement(("probe", names), build)
 
 
 def _audited_insert(resource: Resource, names: tuple[str, ...], wanted: tuple[str, ...]):
@@ -224,10 +231,10 @@ def _audited_insert(resource: Resource, names: tuple[str, ...], wanted: tuple[st
     which one it was. The client chooses which optional fields it sends, so the statements kept
     are bounded.
     """
-    key = (id(resource), names, wanted)
-    statement = _audited_inserts.get(key)
-    if statement is not None:
-        return statement
+    return resource.statement(("insert", names, wanted), lambda: _build_audited_insert(resource, names, wanted))
+
+
+def _build_audited_insert(resource: Resource, names: tuple[str, ...], wanted: tuple[str, ...]):
     table = resource.table
     row = select(*[sa.bindparam(name, type_=table.c[name].type) for name in names])
     found = None
@@ -237,13 +244,8 @@ def _audited_insert(resource: Resource, names: tuple[str, ...], wanted: tuple[st
     created = table.insert().from_select(names, row).returning(*resource.public_columns).cte("created")
     audited = audit.insert_from(created, "create", resource.name).cte("audited")
     if found is None:
-        statement = select(created).add_cte(audited)
-    else:
-        statement = select(found, created).select_from(found.outerjoin(created, sa.true())).add_cte(audited)
-    if len(_audited_inserts) >= _AUDITED_INSERTS_KEPT:
-        _audited_inserts.clear()
-    _audited_inserts[key] = statement
-    return statement
+        return select(created).add_cte(audited)
+    return select(found, created).select_from(found.outerjoin(created, sa.true())).add_cte(audited)
 
 
 def _insert_audited(conn, resource: Resource, caller: Caller, values: Mapping[str, Any]) -> dict:
@@ -280,7 +282,6 @@ class _EmbedQuery:
         return item
 
 
-_embed_queries: dict[tuple[int, tuple[str, ...]], _EmbedQuery] = {}
 EMBED_ORG = "embed_org_id"  # bind parameter: the caller's organization, in every join condition
 ROW_ID = "row_id"
 
@@ -288,10 +289,10 @@ ROW_ID = "row_id"
 def _select_with_embeds(resource: Resource, embed: list[str]) -> _EmbedQuery:
     """Built once per resource and combination of embeds (building joins and labels per request
     cost more CPU than the query); executed with ``{EMBED_ORG: org_id}``."""
-    key = (id(resource), tuple(embed))
-    cached = _embed_queries.get(key)
-    if cached is not None:
-        return cached
+    return resource.statement(("embed", tuple(embed)), lambda: _build_select_with_embeds(resource, embed))
+
+
+def _build_select_with_embeds(resource: Resource, embed: list[str]) -> _EmbedQuery:
     table = resource.table
     columns = list(resource.public_columns)
     base = tuple(enumerate(c.name for c in columns))
@@ -317,9 +318,7 @@ def _select_with_embeds(resource: Resource, embed: list[str]) -> _EmbedQuery:
     by_id_recorded = None
     if resource.patient_column:
         by_id_recorded = access.recorded(by_id, resource.patient_column, "get", resource.name)
-    built = _EmbedQuery(query, base, tuple(nested), by_id, by_id_recorded)
-    _embed_queries[key] = built
-    return built
+    return _EmbedQuery(query, base, tuple(nested), by_id, by_id_recorded)
 
 
 def _attach_many(conn, resource: Resource, caller: Caller, items: list[dict], embed: list[str]) -> None:
@@ -438,7 +437,6 @@ def _search_page(conn, table: Table, where: list, page_size: int, offset: int, l
     return rows[0].total, [row.id for row in rows]
 
 
-_estimates: dict[tuple, tuple[float, int]] = {}
 ESTIMATE_TTL_S = 30.0
 
 
@@ -463,14 +461,15 @@ def _count(conn, table: Table, where: list, key: tuple, limit: int,
     query = select(sa.literal(1)).select_from(table).where(*where).compile(dialect=conn.dialect)
     plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(query), query.params).scalar_one()
     estimate = max(int(plan[0]["Plan"]["Plan Rows"]), limit + 1)
-    if len(_estimates) > 10_000:
-        _estimates.clear()
-    _estimates[(limit, *key)] = (time.monotonic(), estimate)
+    estimates = state.current().count_estimates
+    if len(estimates) > 10_000:
+        estimates.clear()
+    estimates[(limit, *key)] = (time.monotonic(), estimate)
     return estimate, True
 
 
 def _cached_estimate(key: tuple, limit: int) -> int | None:
-    cached = _estimates.get((limit, *key))
+    cached = state.current().count_estimates.get((limit, *key))
     if cached is not None and time.monotonic() - cached[0] < ESTIMATE_TTL_S:
         return cached[1]
     return None

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
+import state
 from config import ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -158,19 +159,12 @@ class Pools:
         self.reader.dispose()
 
 
-_pools: Pools | None = None
-
-
-def install(pools: Pools) -> None:
-    """Make ``pools`` the process's (the app factory calls this once)."""
-    global _pools
-    _pools = pools
-
-
 def current_pools() -> Pools:
-    if _pools is None:
-        raise RuntimeError("no database pools installed; create the app first")
-    return _pools
+    """The pools of the app serving this request (``state.current()``)."""
+    pools = state.current().pools
+    if pools is None:
+        raise RuntimeError("this application state has no database pools")
+    return pools
 
 
 def current_engine() -> Engine:

@@ -63,9 +63,14 @@ def database_url(owner_url):
 
 @pytest.fixture(scope="session")
 def app(settings, database_url):
+    """The session's app; its state is bound for the work tests do outside a request (factories,
+    direct engine calls). Requests bind their own app's state at the edge."""
+    import state
     from app import create_app
 
-    return create_app(settings, database_url=database_url)
+    session_app = create_app(settings, database_url=database_url)
+    state.bind(session_app.state)
+    return session_app
 
 
 @pytest.fixture(scope="session")
@@ -173,30 +178,20 @@ def live_server(database_url):
 
 @pytest.fixture
 def app_with(app, settings, database_url):
-    """Factory: another app on the same database with some settings changed.
-
-    create_app installs process-wide pieces (engine, auth and rate-limit settings); the session
-    app's are put back afterwards.
-    """
+    """Factory: another app on the same database with some settings changed. It has a state of its
+    own, which its requests bind; the session app is untouched."""
     from app import create_app
-    from middleware import auth, observability, ratelimit
 
-    original = database.current_pools()
     made = []
 
     def make(**overrides):
         custom = create_app(settings.with_overrides(**overrides), database_url=database_url)
-        made.append(database.current_pools())
+        made.append(custom)
         return custom
 
     yield make
-    for pools in made:
-        pools.dispose()
-    database.install(original)
-    config.use(settings)
-    auth.configure(settings)
-    ratelimit.configure(settings)
-    observability.configure(settings)
+    for custom in made:
+        custom.state.pools.dispose()
 
 
 def spawn_server(database_url: str, *, production: bool = False, stderr=None, **env_overrides) -> tuple:

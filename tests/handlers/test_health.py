@@ -3,8 +3,8 @@ from handlers import health
 from models import database
 
 
-def test_ready_sees_a_rollback_within_the_recheck_interval(client, owner_url, settings, monkeypatch):
-    health._migrations_checked = None
+def test_ready_sees_a_rollback_within_the_recheck_interval(app, client, owner_url, settings, monkeypatch):
+    app.state.migrations_checked = None
     assert client.get("/ready").status_code == 200
     database.rollback(owner_url, 1, runtime_role=database.EMBEDDED_RUNTIME_ROLE)
     try:

@@ -212,15 +212,15 @@ def test_create_is_one_statement_with_its_branch_check_and_audit_row(client, org
 def test_the_same_fields_in_another_order_reuse_one_audited_insert(client, org_a):
     """The client orders the body's fields; the statements kept for audited inserts must not grow
     with the orderings of one set of fields."""
-    from models import crud
+    from models.resources import PATIENTS
 
     fields = {"email": "order@example.com", "phone": "555 0101", "gender": "other"}
     create_patient(client, org_a, **fields)
-    kept = len(crud._audited_inserts)
+    kept = len(PATIENTS.statements)
     body = {"gender": "other", "phone": "555 0102", "name": "Reordered", "email": "order2@example.com",
             "branch_id": org_a.branch_id}
     assert client.post("/patients", json=body, headers=org_a.headers).status_code == 201
-    assert len(crud._audited_inserts) == kept
+    assert len(PATIENTS.statements) == kept
 
 
 def test_body_validation_names_the_field(client, org_a):
@@ -300,9 +300,8 @@ def test_a_search_over_the_limit_is_counted_once(app_with, make_org):
     asked of the database after it, not a second count."""
     import sqlalchemy as sa
 
-    from models import database
-
-    client = app_with(search_count_exact_limit=2).test_client()
+    custom = app_with(search_count_exact_limit=2)
+    client = custom.test_client()
     org = make_org()
     for i in range(4):
         client.post("/patients", json={"branch_id": org.branch_id, "name": f"Countonce {i}"}, headers=org.headers)
@@ -311,7 +310,7 @@ def test_a_search_over_the_limit_is_counted_once(app_with, make_org):
     def remember(_conn, _cursor, statement, *_args):
         statements.append(statement.lower())
 
-    primary = database.current_pools().writer  # patient reads write access rows: on the primary
+    primary = custom.state.pools.writer  # patient reads write access rows: on the primary
     sa.event.listen(primary, "before_cursor_execute", remember)
     try:
         found = client.get("/patients?search=countonce&pageSize=2", headers=org.headers).json()["data"]
