@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from pathlib import Path
 
 import connexion
+import yaml
 from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
 from inflection import underscore
@@ -18,7 +20,7 @@ from middleware import adapter, errors, observability
 from middleware.ratelimit import RateLimits
 from middleware.http import Edge
 from middleware.routes import RouteTable
-from models import credentials, database
+from models import contract, credentials, database, resources
 from state import AppState
 
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
@@ -36,9 +38,12 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
     settings = settings or config.load()
     observability.configure_logging(settings.log_level)
     _init_sentry(settings)
+    document = yaml.load((SPEC_DIR / "openapi.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    check_handlers(document)
     url = database_url or database.resolve_url(settings)
     app_state = AppState(settings=settings, pools=database.create_pools(url, settings),
-                         limits=RateLimits(settings), dummy_password_hash=credentials.dummy_hash(settings))
+                         limits=RateLimits(settings), dummy_password_hash=credentials.dummy_hash(settings),
+                         resources=contract.derive(document, resources.ALL))
 
     app = connexion.FlaskApp(
         __name__,
@@ -73,9 +78,27 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
                            expose_headers=["X-Request-ID", "ETag", "RateLimit", "RateLimit-Policy",
                                            "Retry-After", "Idempotent-Replayed"])
     app.add_middleware(Edge, position=MiddlewarePosition.BEFORE_EXCEPTION,
-                       routes=RouteTable(SPEC_DIR / "openapi.yaml"), app_state=app_state)
+                       routes=RouteTable(document), app_state=app_state)
     app.state = app_state
     return app
+
+
+def check_handlers(document: dict) -> None:
+    """Every operation of the spec has its function, or the app does not start: connexion would
+    only find out on the first request, and answer every request with a plain-text 500."""
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method not in ("get", "put", "post", "patch", "delete") or "operationId" not in operation:
+                continue
+            controller = operation.get("x-openapi-router-controller", "")
+            function = underscore(operation["operationId"])  # as SnakeCaseResolver resolves it
+            try:
+                found = hasattr(importlib.import_module(controller), function)
+            except ImportError:
+                found = False
+            if not found:
+                raise contract.ContractError(f"operationId {operation['operationId']} ({method.upper()} {path}) "
+                                             f"has no handler: {controller}.{function} does not exist")
 
 
 def _closing_pools_of(app_state: AppState):

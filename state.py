@@ -24,6 +24,8 @@ class AppState:
     settings: "Settings"
     pools: Any = None  # models.database.Pools
     limits: Any = None  # middleware.ratelimit.RateLimits
+    # Each resource's descriptor as completed from the spec (models/contract.py), by name.
+    resources: dict = field(default_factory=dict)
     # bcrypt hash checked when a login names no account, so both paths cost one bcrypt check.
     dummy_password_hash: bytes = b""
     # Verified access tokens (middleware/auth.py) and list-count estimates (models/crud.py).

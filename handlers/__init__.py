@@ -1,4 +1,8 @@
-"""Operation handlers. Each module binds one resource's operationIds; the engine does the work."""
+"""Operation handlers: one module per resource, one function per operationId, the engine doing the work.
+
+``operationId: listPatients`` with ``x-openapi-router-controller: handlers.patients`` is served by
+``handlers.patients.list_patients``; the functions here are what those modules call.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +14,7 @@ import flask
 from connexion.jsonifier import Jsonifier
 
 import config
+import state
 from errors import ApiError
 from middleware.tenancy import current_caller
 from models import crud
@@ -117,34 +122,45 @@ def listed(result: dict, page: int, page_size: int) -> flask.Response:
     return ok(result, headers={"Link": ", ".join(links)})
 
 
-def crud_operations(resource: Resource) -> tuple:
-    """The five standard operations of a resource, in the order list, get, create, update, delete,
-    ready to be bound to its operationIds."""
+def resource(name: str) -> Resource:
+    """The app's descriptor of a resource, as completed from its spec at start-up."""
+    return state.current().resources[name]
 
-    def list_(page: int = 1, page_size: int = 20, embed=None, **params):
-        """List live rows of the caller's organization, newest first."""
-        caller = current_caller()
-        check_org(params.get("org_id"), caller)
-        # pythonic_params turns a parameter named like a builtin into `type_`; filters use the plain name.
-        filters = {k.rstrip("_"): v for k, v in params.items() if k not in _CONTEXT_KEYS}
-        return listed(crud.list_rows(resource, caller, page=page, page_size=page_size,
-                                     embed=embed, filters=filters), page, page_size)
 
-    def get(id_: str, embed=None):
-        """One live row of the caller's organization."""
-        return one(crud.get_row(resource, current_caller(), id_, embed=embed))
+# --- the standard operations, which each resource module binds to its operationIds ----------------
 
-    def create(body: dict):
-        """Create a row in the caller's organization."""
-        return created(resource, body)
+def list_of(name: str, page: int = 1, page_size: int = 20, embed=None, parent_id: str | None = None, **params):
+    """One page of live rows of the caller's organization, newest first, with Link headers."""
+    caller = current_caller()
+    check_org(params.pop("org_id", None), caller)
+    # pythonic_params turns a parameter named like a builtin into `type_`; filters use the plain name.
+    filters = {k.rstrip("_"): v for k, v in params.items() if k not in _CONTEXT_KEYS}
+    return listed(crud.list_rows(resource(name), caller, page=page, page_size=page_size, embed=embed,
+                                 filters=filters, parent_id=parent_id), page, page_size)
 
-    def update(id_: str, body: dict):
-        """Change the fields sent."""
-        return one(crud.update_row(resource, current_caller(), id_, body, expect=if_match()))
 
-    def delete(id_: str):
-        """Soft-delete a row."""
-        crud.delete_row(resource, current_caller(), id_, expect=if_match())
-        return no_content()
+def one_of(name: str, row_id: str, *, embed=None, parent_id: str | None = None):
+    """One live row of the caller's organization, with its ETag."""
+    return one(crud.get_row(resource(name), current_caller(), row_id, embed=embed, parent_id=parent_id))
 
-    return list_, get, create, update, delete
+
+def create_in(name: str, body: dict, *, parent_id: str | None = None):
+    """Create a row in the caller's organization (once per Idempotency-Key): 201 with its ETag."""
+    return created(resource(name), body, parent_id=parent_id)
+
+
+def update_in(name: str, row_id: str, body: dict, *, parent_id: str | None = None):
+    """Change the fields sent, under If-Match when the client sends it."""
+    return one(crud.update_row(resource(name), current_caller(), row_id, body, parent_id=parent_id,
+                               expect=if_match()))
+
+
+def delete_in(name: str, row_id: str, *, parent_id: str | None = None):
+    """Soft-delete a row, under If-Match when the client sends it."""
+    crud.delete_row(resource(name), current_caller(), row_id, parent_id=parent_id, expect=if_match())
+    return no_content()
+
+
+def changed(name: str, row_id: str, change, *, action: str):
+    """Apply one of the resource's own actions (a like, a write-off) to a row, audited as ``action``."""
+    return one(crud.change_row(resource(name), current_caller(), row_id, change, action=action))

@@ -1,10 +1,12 @@
-"""The audit trail, read-only: every change and sign-in of the organization."""
-from handlers import crud_operations, ok
+"""The audit trail, read-only: every change and sign-in of the organization, and its seals."""
+from handlers import list_of, ok
 from middleware.tenancy import current_caller
 from models import database, trail
-from models.resources import AUDIT_LOGS
 
-list_audit_logs = crud_operations(AUDIT_LOGS)[0]
+
+def list_audit_logs(**params):
+    """One page of the organization's audit trail, newest first."""
+    return list_of("audit_log", **params)
 
 
 def list_audit_seals():

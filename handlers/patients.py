@@ -1,10 +1,32 @@
 """Patients: the people the clinic treats."""
-from handlers import crud_operations, listed
+from handlers import create_in, delete_in, list_of, listed, one_of, update_in
 from middleware.tenancy import current_caller
 from models import access
-from models.resources import PATIENTS
 
-list_patients, get_patient, create_patient, update_patient, delete_patient = crud_operations(PATIENTS)
+
+def list_patients(**params):
+    """One page of the organization's patients, newest first."""
+    return list_of("patient", **params)
+
+
+def get_patient(id_: str, embed=None):
+    """One patient."""
+    return one_of("patient", id_, embed=embed)
+
+
+def create_patient(body: dict):
+    """Register a patient."""
+    return create_in("patient", body)
+
+
+def update_patient(id_: str, body: dict):
+    """Change the fields sent of a patient."""
+    return update_in("patient", id_, body)
+
+
+def delete_patient(id_: str):
+    """Soft-delete a patient."""
+    return delete_in("patient", id_)
 
 
 def get_patient_access_log(id_: str, page: int = 1, page_size: int = 20):

@@ -1,5 +1,27 @@
 """Staff: the people who work at the clinic; their passwords and role grants are hooks of the resource."""
-from handlers import crud_operations
-from models.resources import STAFF_MEMBERS
+from handlers import create_in, delete_in, list_of, one_of, update_in
 
-list_staff, get_staff_member, create_staff_member, update_staff_member, delete_staff_member = crud_operations(STAFF_MEMBERS)
+
+def list_staff(**params):
+    """One page of the organization's staff, newest first."""
+    return list_of("staff", **params)
+
+
+def get_staff_member(id_: str, embed=None):
+    """One staff member."""
+    return one_of("staff", id_, embed=embed)
+
+
+def create_staff_member(body: dict):
+    """Add a staff member with a login."""
+    return create_in("staff", body)
+
+
+def update_staff_member(id_: str, body: dict):
+    """Change the fields sent of a staff member."""
+    return update_in("staff", id_, body)
+
+
+def delete_staff_member(id_: str):
+    """Soft-delete a staff member; their sessions end."""
+    return delete_in("staff", id_)

@@ -1,5 +1,27 @@
 """Suppliers: who the clinic buys stock from."""
-from handlers import crud_operations
-from models.resources import SUPPLIERS
+from handlers import create_in, delete_in, list_of, one_of, update_in
 
-list_suppliers, get_supplier, create_supplier, update_supplier, delete_supplier = crud_operations(SUPPLIERS)
+
+def list_suppliers(**params):
+    """One page of the organization's suppliers, newest first."""
+    return list_of("supplier", **params)
+
+
+def get_supplier(id_: str, embed=None):
+    """One supplier."""
+    return one_of("supplier", id_, embed=embed)
+
+
+def create_supplier(body: dict):
+    """Add a supplier."""
+    return create_in("supplier", body)
+
+
+def update_supplier(id_: str, body: dict):
+    """Change the fields sent of a supplier."""
+    return update_in("supplier", id_, body)
+
+
+def delete_supplier(id_: str):
+    """Soft-delete a supplier."""
+    return delete_in("supplier", id_)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
 
 _METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 _PARAMETER = re.compile(r"\\\{[^/]+?\\\}")  # an escaped {name} in re.escape()'s output
@@ -24,8 +22,7 @@ class Route:
 class RouteTable:
     """Every path template of the spec, with the methods it answers, matched by one regex."""
 
-    def __init__(self, spec_path: Path):
-        spec = yaml.safe_load(spec_path.read_text())
+    def __init__(self, spec: dict):
         routes = []
         for template, item in spec["paths"].items():
             methods = {m.upper() for m in item if m in _METHODS}

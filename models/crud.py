@@ -60,26 +60,38 @@ class Reference:
 
 @dataclass(frozen=True)
 class Resource:
-    """What the engine needs to know about one resource."""
+    """What the engine needs to know about one resource.
+
+    A descriptor in ``models/resources.py`` gives what the spec cannot say; ``models/contract.py``
+    completes it from the spec at start-up (the fields marked "from the spec").
+    """
 
     name: str
     plural: str
     table: Table
+    # The collection's path in the spec (``/patients``); its item path is the one below it.
+    path: str
     # Body fields naming another row, and the table that row must live in (same org, not deleted),
     # or a Reference when the row must meet a rule too.
     references: Mapping[str, Table | Reference] = field(default_factory=dict)
-    # Query parameter (pythonic name) -> clause builder.
-    filters: Mapping[str, Callable[[Table, Any], Any]] = field(default_factory=dict)
-    embeds: Mapping[str, Embed] = field(default_factory=dict)
+    # Filter kinds of this resource's own, by the name an ``x-filter`` gives: kind -> clause builder.
+    filter_kinds: Mapping[str, Callable[[Table, Any], Any]] = field(default_factory=dict)
+    # Those of them that search free text: with one, a total is exact only up to
+    # SEARCH_COUNT_EXACT_LIMIT (proving that a common term has 8,000 matches costs what reading
+    # them does).
+    search_kinds: frozenset[str] = frozenset()
     # Columns that never leave the server (e.g. password hashes).
     hidden: frozenset[str] = frozenset()
     # Body fields that are not columns but that a hook turns into one (staff password -> hash).
     write_only: frozenset[str] = frozenset()
-    # Columns only the server moves (a post's likes, an item's last_updated).
-    read_only: frozenset[str] = frozenset()
-    # Free-text filters: with one of them, a total is exact only up to SEARCH_COUNT_EXACT_LIMIT
-    # (proving that a common term has 8,000 matches costs what reading them does).
+    # From the spec: the fields a create and an update may write.
+    create_fields: frozenset[str] = frozenset()
+    update_fields: frozenset[str] = frozenset()
+    # From the spec: list query parameter (snake_case name) -> clause builder, the free-text ones.
+    filters: Mapping[str, Callable[[Table, Any], Any]] = field(default_factory=dict)
     search_filters: frozenset[str] = frozenset()
+    # From the spec: the relations ``?embed=`` may expand.
+    embeds: Mapping[str, Embed] = field(default_factory=dict)
     # A sub-resource lives under one parent row (loan payments under a loan): the column that
     # names it and the parent's table. A missing parent is a 404, like a missing row.
     parent: tuple[str, Table] | None = None
@@ -121,22 +133,6 @@ class Resource:
         the statement (and its cache key) is built once instead of per request."""
         return self.table.insert().returning(*self.public_columns)
 
-    @cached_property
-    def writable(self) -> frozenset[str]:
-        internal = {"id", "org_id", "created_at", "updated_at", "deleted_at"}
-        if self.parent:
-            internal.add(self.parent[0])
-        columns = {c.name for c in self.table.c if c.name not in internal | self.hidden | self.read_only}
-        return frozenset(columns | self.write_only)
-
-
-def equals(column: str) -> Callable[[Table, Any], Any]:
-    """A filter that matches one column exactly (instants compared as instants)."""
-    def clause(table, value):
-        if isinstance(table.c[column].type, sa.DateTime) and isinstance(value, str):
-            value = parse_instant(value)
-        return table.c[column] == value
-    return clause
 
 
 # --- values coming in ---------------------------------------------------------------------------
@@ -500,10 +496,10 @@ def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str]
 
 # --- writing ------------------------------------------------------------------------------------
 
-def _incoming(resource: Resource, caller: Caller, body: Mapping[str, Any]) -> dict:
+def _incoming(resource: Resource, caller: Caller, body: Mapping[str, Any], fields: frozenset[str]) -> dict:
     body = dict(body)
     check_org(body.pop("org_id", None), caller)
-    return _normalise(resource, {k: v for k, v in body.items() if k in resource.writable})
+    return _normalise(resource, {k: v for k, v in body.items() if k in fields})
 
 
 def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
@@ -512,7 +508,7 @@ def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
 
     With an idempotency key, a retry returns the first create's row instead of a second row.
     """
-    values = _incoming(resource, caller, body)
+    values = _incoming(resource, caller, body, resource.create_fields)
     hooked = resource.before_create is not None or resource.after_create is not None
     if not hooked and resource.parent is None and idempotency is None:
         # One statement is atomic by itself: no BEGIN and COMMIT round trips around it.
@@ -548,7 +544,7 @@ def update_row(resource: Resource, caller: Caller, row_id: str, body: Mapping[st
 
     ``expect``, when given, sees the locked row before anything changes and may refuse it (the
     HTTP layer's If-Match)."""
-    values = _incoming(resource, caller, body)
+    values = _incoming(resource, caller, body, resource.update_fields)
     with current_engine().begin() as conn:
         before = _lock(conn, resource, caller, row_id, parent_id, expect)
         _check_references(conn, resource, caller, values)

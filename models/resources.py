@@ -1,7 +1,6 @@
 """One descriptor per resource: everything that differs between them, and nothing else."""
 from __future__ import annotations
 
-import datetime as dt
 from decimal import ROUND_HALF_UP, Decimal
 
 import sqlalchemy as sa
@@ -11,45 +10,20 @@ import config
 
 from errors import ApiError
 from models import accounts, credentials
-from models.instants import parse_instant
 from models import tables as t
-from models.crud import Embed, Reference, Resource, equals
+from models.contract import escape_like
+from models.crud import Reference, Resource
 from models.tenancy import same_org, scoped
 from models.tables import PATIENT_INTERNAL, STAFF_SECRETS
 
 CENT = Decimal("0.01")
 
 
-# --- filters ------------------------------------------------------------------------------------
-
-def _escape_like(term: str) -> str:
-    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def contains_text(column: str):
-    """Case-insensitive substring match on one column."""
-    return lambda table, term: table.c[column].ilike(f"%{_escape_like(term)}%")
-
-
-def at_or_after(column: str):
-    return lambda table, instant: table.c[column] >= parse_instant(instant)
-
-
-def before(column: str):
-    return lambda table, instant: table.c[column] < parse_instant(instant)
-
-
-def on_day(column: str):
-    """Rows whose timestamp falls on that calendar day, in UTC."""
-    def clause(table, day: str):
-        start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), dt.timezone.utc)
-        return (table.c[column] >= start) & (table.c[column] < start + dt.timedelta(days=1))
-    return clause
-
+# --- filter kinds of their own (the standard ones are in models/contract.py) -------------------
 
 def patient_search(table, term: str):
     # search_text is lower-cased by PostgreSQL; lowering the pattern there too is what ILIKE does.
-    return table.c.search_text.like(func.lower(f"%{_escape_like(term)}%"))
+    return table.c.search_text.like(func.lower(f"%{escape_like(term)}%"))
 
 
 def low_stock(table, wanted: bool):
@@ -73,15 +47,6 @@ def holding(scope: str) -> Reference:
         return sa.exists().where(same_org(t.user_role, member), t.user_role.c.user_id == member.c.id,
                                  t.role.c.id == t.user_role.c.role_id, sa.literal(scope) == sa.any_(t.role.c.scopes))
     return Reference(t.staff, condition, f"a staff member of this organization who holds {scope}")
-
-
-# --- embeds -------------------------------------------------------------------------------------
-
-BRANCH = Embed(t.branch, column="branch_id")
-PATIENT = Embed(t.patient, column="patient_id", hidden=PATIENT_INTERNAL)
-STAFF = Embed(t.staff, column="staff_id", hidden=STAFF_SECRETS)
-SUPPLIER = Embed(t.supplier, column="supplier_id")
-PAYMENTS = Embed(t.loan_payment, back_column="loan_id")
 
 
 # --- hooks --------------------------------------------------------------------------------------
@@ -281,108 +246,79 @@ def unlike(conn, caller, post):
 
 
 # --- the resources ------------------------------------------------------------------------------
+# Writable fields, filters and embeds come from the spec (models/contract.py).
 
 PATIENTS = Resource(
-    name="patient", plural="patients", table=t.patient,
+    name="patient", plural="patients", table=t.patient, path="/patients",
     references={"branch_id": t.branch},
-    filters={"status": equals("status"), "branch_id": equals("branch_id"), "search": patient_search},
-    embeds={"branch": BRANCH},
+    filter_kinds={"patient_search": patient_search}, search_kinds=frozenset({"patient_search"}),
     hidden=PATIENT_INTERNAL,
-    search_filters=frozenset({"search"}),
     patient_column="id",
 )
 
-BRANCHES = Resource(
-    name="branch", plural="branches", table=t.branch,
-    filters={"status": equals("status")},
-)
+BRANCHES = Resource(name="branch", plural="branches", table=t.branch, path="/branches")
 
 STAFF_MEMBERS = Resource(
-    name="staff", plural="staff", table=t.staff,
+    name="staff", plural="staff", table=t.staff, path="/staff",
     references={"branch_id": t.branch},
-    filters={"branch_id": equals("branch_id"), "role": has_role},
-    embeds={"branch": BRANCH},
-    hidden=STAFF_SECRETS, write_only=frozenset({"password"}), read_only=frozenset({"roles"}),
+    filter_kinds={"has_role": has_role},
+    hidden=STAFF_SECRETS, write_only=frozenset({"password"}),
     before_create=_staff_before_create, after_create=_staff_after_create,
     before_update=_staff_before_update, after_delete=_staff_after_delete,
 )
 
-SUPPLIERS = Resource(
-    name="supplier", plural="suppliers", table=t.supplier,
-    filters={"search": contains_text("name")},
-)
+SUPPLIERS = Resource(name="supplier", plural="suppliers", table=t.supplier, path="/suppliers")
 
 APPOINTMENTS = Resource(
-    name="appointment", plural="appointments", table=t.appointment,
+    name="appointment", plural="appointments", table=t.appointment, path="/appointments",
     references={"patient_id": t.patient, "staff_id": t.staff, "branch_id": t.branch},
-    filters={"patient_id": equals("patient_id"), "staff_id": equals("staff_id"),
-             "branch_id": equals("branch_id"), "status": equals("status"), "date": on_day("date"),
-             "date_from": at_or_after("date"), "date_to": before("date")},
-    embeds={"patient": PATIENT, "staff": STAFF, "branch": BRANCH},
     before_create=_appointment_before_create,
     patient_column="patient_id",
 )
 
 PRESCRIPTIONS = Resource(
-    name="prescription", plural="prescriptions", table=t.prescription,
+    name="prescription", plural="prescriptions", table=t.prescription, path="/prescriptions",
     references={"patient_id": t.patient, "staff_id": holding("prescriptions:write")},
-    filters={"patient_id": equals("patient_id"), "staff_id": equals("staff_id")},
-    embeds={"patient": PATIENT, "staff": STAFF},
     patient_column="patient_id",
 )
 
 TRANSACTIONS = Resource(
-    name="transaction", plural="transactions", table=t.transaction,
+    name="transaction", plural="transactions", table=t.transaction, path="/transactions",
     references={"patient_id": t.patient, "staff_id": holding("transactions:write")},
-    filters={"patient_id": equals("patient_id"), "staff_id": equals("staff_id"), "type": equals("type"),
-             "method": equals("method"), "date_from": at_or_after("date"), "date_to": before("date")},
-    embeds={"patient": PATIENT, "staff": STAFF},
     patient_column="patient_id",
 )
 
 INVENTORY = Resource(
-    name="inventory_item", plural="inventory", table=t.inventory_item,
+    name="inventory_item", plural="inventory", table=t.inventory_item, path="/inventory",
     references={"branch_id": t.branch, "supplier_id": t.supplier},
-    filters={"branch_id": equals("branch_id"), "supplier_id": equals("supplier_id"),
-             "status": equals("status"), "category": equals("category"), "low_stock": low_stock},
-    embeds={"branch": BRANCH, "supplier": SUPPLIER},
-    read_only=frozenset({"last_updated"}),
+    filter_kinds={"low_stock": low_stock},
     before_update=_inventory_before_update,
 )
 
 LOANS = Resource(
-    name="loan", plural="loans", table=t.loan,
-    filters={"status": equals("status")},
-    embeds={"payments": PAYMENTS},
-    read_only=frozenset({"status"}),
+    name="loan", plural="loans", table=t.loan, path="/loans",
     before_create=_loan_before_create, before_update=_loan_before_update,
 )
 
 LOAN_PAYMENTS = Resource(
-    name="loan_payment", plural="payments", table=t.loan_payment,
+    name="loan_payment", plural="payments", table=t.loan_payment, path="/loans/{id}/payments",
     parent=("loan_id", t.loan),
     before_create=_payment_before_create, before_update=_payment_before_update,
     after_delete=_payment_after_delete,
 )
 
 COMMUNITY_POSTS = Resource(
-    name="community_post", plural="posts", table=t.community_post,
-    filters={"staff_id": equals("staff_id"), "tag": has_tag},
-    embeds={"staff": STAFF},
-    read_only=frozenset({"staff_id", "likes"}),
+    name="community_post", plural="posts", table=t.community_post, path="/community/posts",
+    filter_kinds={"has_tag": has_tag},
     before_create=_post_before_create, before_update=_post_before_update,
     before_delete=_only_author_or_admin,
 )
 
-FINANCIAL_REPORTS = Resource(
-    name="financial_report", plural="reports", table=t.financial_report,
-    filters={"type": equals("type"), "period": equals("period"),
-             "period_from": at_or_after("period"), "period_to": before("period")},
-)
+FINANCIAL_REPORTS = Resource(name="financial_report", plural="reports", table=t.financial_report,
+                             path="/financial/reports")
 
-AUDIT_LOGS = Resource(
-    name="audit_log", plural="audit_logs", table=t.audit_log,
-    filters={"resource": equals("resource"), "resource_id": equals("resource_id"),
-             "user_id": equals("user_id"), "action": equals("action"),
-             "from": at_or_after("created_at"), "to": before("created_at")},
-)
+AUDIT_LOGS = Resource(name="audit_log", plural="audit_logs", table=t.audit_log, path="/audit-logs")
+
+# Every resource the engine serves; create_app() completes each from the spec.
+ALL = (PATIENTS, BRANCHES, STAFF_MEMBERS, SUPPLIERS, APPOINTMENTS, PRESCRIPTIONS, TRANSACTIONS, INVENTORY,
+       LOANS, LOAN_PAYMENTS, COMMUNITY_POSTS, FINANCIAL_REPORTS, AUDIT_LOGS)

@@ -15,6 +15,10 @@ from typing import Any, Callable
 from errors import ApiError
 
 
+# The column every tenant table carries, and the body field a client may only repeat.
+TENANT_COLUMN = "org_id"
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling, for which organization, with which scopes.

@@ -209,18 +209,17 @@ def test_create_is_one_statement_with_its_branch_check_and_audit_row(client, org
                             {"org": org_a.org_id}).scalar_one() == audits
 
 
-def test_the_same_fields_in_another_order_reuse_one_audited_insert(client, org_a):
+def test_the_same_fields_in_another_order_reuse_one_audited_insert(app, client, org_a):
     """The client orders the body's fields; the statements kept for audited inserts must not grow
     with the orderings of one set of fields."""
-    from models.resources import PATIENTS
-
+    patients = app.state.resources["patient"]
     fields = {"email": "order@example.com", "phone": "555 0101", "gender": "other"}
     create_patient(client, org_a, **fields)
-    kept = len(PATIENTS.statements)
+    kept = len(patients.statements)
     body = {"gender": "other", "phone": "555 0102", "name": "Reordered", "email": "order2@example.com",
             "branch_id": org_a.branch_id}
     assert client.post("/patients", json=body, headers=org_a.headers).status_code == 201
-    assert len(PATIENTS.statements) == kept
+    assert len(patients.statements) == kept
 
 
 def test_body_validation_names_the_field(client, org_a):
