@@ -129,10 +129,9 @@ def test_by_default_an_access_row_commits_without_waiting_for_the_flush(client, 
 
 
 def test_access_log_synchronous_commit_waits_for_the_flush(app_with, world):
-    from models import database
-
-    strict = app_with(access_log_synchronous_commit=True).test_client()
-    sent = _statements_of(database.current_pools().writer,
+    strict_app = app_with(access_log_synchronous_commit=True)
+    strict = strict_app.test_client()
+    sent = _statements_of(strict_app.state.pools.writer,
                           lambda: strict.get(f"/patients/{world.patient_id}", headers=world.org.headers))
     [recorded] = [s for s in sent if "access_log" in s]
     assert "synchronous_commit" not in recorded
