@@ -23,6 +23,9 @@ install: $(STAMP) ## Create .venv and install the pinned dependencies
 run: $(STAMP) ## Start the API on 127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)
 	$(BIN)/clinic-api run
 
+serve: $(STAMP) ## Serve the API only (no migration, no demo data): gunicorn with WEB_CONCURRENCY workers
+	$(BIN)/clinic-api serve
+
 migrate: $(STAMP) ## Apply pending migrations to DATABASE_URL (or the embedded database)
 	$(BIN)/clinic-api migrate
 
@@ -35,7 +38,8 @@ test: $(STAMP) ## Run the whole test suite (embedded PostgreSQL unless TEST_DATA
 fuzz: $(STAMP) ## schemathesis over the whole spec with fresh random data, 300 examples per operation
 	CONTRACT_EXAMPLES=$${CONTRACT_EXAMPLES:-300} CONTRACT_RANDOM=true $(BIN)/python -m pytest tests/test_contract.py $(PYTEST_ARGS)
 
-lint: $(STAMP) ## Validate the OpenAPI spec and lint it with Spectral (.spectral.yaml; needs npm)
+lint: $(STAMP) ## Lint the Python code (ruff.toml), validate the OpenAPI spec and lint it with Spectral (needs npm)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests/test_spec_lint.py
 
 clean: ## Remove the virtualenv, caches and the local data folder (embedded database included)

@@ -11,7 +11,6 @@ served one. Wall-time medians are printed too; on a shared machine they are nois
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import statistics

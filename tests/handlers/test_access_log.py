@@ -4,7 +4,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import error_of
-from tests.handlers.test_resources import build_world, next_slot, post
+from tests.factories import build_world, next_slot, post
 
 HEADERS = {"User-Agent": "chart-viewer/1.0", "X-Request-ID": "req-access-1"}
 

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import PASSWORD, error_of
-from tests.handlers.test_resources import NAMES, RESOURCES, build_world, post
+from tests.factories import NAMES, RESOURCES, build_world, post
 
 RESOURCE_NAMES = {"branches": "branch", "staff": "staff", "suppliers": "supplier", "appointments": "appointment",
                   "prescriptions": "prescription", "transactions": "transaction", "inventory": "inventory_item",

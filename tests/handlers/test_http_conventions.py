@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.handlers.test_resources import NAMES, RESOURCES, post, world_a  # noqa: F401 (a fixture)
+from tests.factories import NAMES, RESOURCES, post
 
 _LINK = re.compile(r'<([^>]*)>; rel="(\w+)"')
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import PASSWORD, error_of
-from tests.handlers.test_resources import build_world, post
+from tests.factories import build_world, post
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tests.conftest import error_of
-from tests.handlers.test_resources import NAMES, RESOURCES, build_world, post
+from tests.factories import NAMES, RESOURCES, build_world, post
 
 
 @pytest.fixture
