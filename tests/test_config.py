@@ -1,0 +1,39 @@
+"""The one config module: defaults, parsing, and start-up refusals that name the variable."""
+import pytest
+
+import config
+
+PRODUCTION = {"APP_ENV": "production", "JWT_SECRET": "s" * 40}
+
+
+def test_defaults_hold_without_any_variable_but_the_secret():
+    settings = config.load(PRODUCTION)
+    assert (settings.rate_limit_default, settings.access_token_ttl_s, settings.bcrypt_rounds) == ("100/minute", 900, 12)
+    assert settings.trusted_proxies == () and settings.database_url is None
+
+
+@pytest.mark.parametrize("name, value", [("DB_POOL_SIZE", "ten"), ("RATE_LIMIT_ENABLED", "maybe"),
+                                         ("BCRYPT_ROUNDS", "3"), ("REQUEST_THREADS", "99")])
+def test_a_malformed_setting_refuses_to_start_naming_it(name, value):
+    with pytest.raises(config.ConfigError, match=name):
+        config.load({**PRODUCTION, name: value})
+
+
+def test_production_needs_a_real_secret():
+    with pytest.raises(config.ConfigError, match="JWT_SECRET"):
+        config.load({"APP_ENV": "production", "JWT_SECRET": "short"})
+    assert config.load({"APP_ENV": "production"}, serving=False).jwt_secret == ""
+
+
+def test_lists_and_booleans_are_parsed():
+    settings = config.load({**PRODUCTION, "TRUSTED_PROXIES": " 10.0.0.0/8, 192.168.1.1 ,", "VALIDATE_RESPONSES": "yes"})
+    assert settings.trusted_proxies == ("10.0.0.0/8", "192.168.1.1") and settings.validate_responses is True
+
+
+def test_only_config_reads_the_environment():
+    offenders = []
+    for path in [*config.ROOT.glob("*.py"), *config.ROOT.glob("models/*.py"), *config.ROOT.glob("middleware/*.py"),
+                 *config.ROOT.glob("handlers/*.py")]:
+        if path.name != "config.py" and ("os.environ" in path.read_text() or "os.getenv" in path.read_text()):
+            offenders.append(path.name)
+    assert offenders == []
