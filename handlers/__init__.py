@@ -106,9 +106,15 @@ def listed(result: dict, page: int, page_size: int) -> flask.Response:
     pages: the request's own query with ``page`` changed (a path-absolute reference, so it holds
     behind a proxy's root path)."""
     request = flask.request
-    last = max(1, -(-result["total"] // page_size))
-    query = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page", "pageSize")]
+    query = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page", "pageSize", "cursor")]
     base = f"{request.script_root}{request.path}?"
+    if "next_cursor" in result:
+        # A sync has no numbered pages: first is where it started, next goes on from the cursor.
+        links = [f'<{base}{urlencode([*query, ("pageSize", page_size)])}>; rel="first"']
+        if result["has_more"]:
+            links.append(f'<{base}{urlencode([*query, ("cursor", result["next_cursor"]), ("pageSize", page_size)])}>; rel="next"')
+        return ok(result, headers={"Link": ", ".join(links)})
+    last = max(1, -(-result["total"] // page_size))
 
     def link(number: int, rel: str) -> str:
         return f'<{base}{urlencode([*query, ("page", number), ("pageSize", page_size)])}>; rel="{rel}"'
@@ -129,14 +135,17 @@ def resource(name: str) -> Resource:
 
 # --- the standard operations, which each resource module binds to its operationIds ----------------
 
-def list_of(name: str, page: int = 1, page_size: int = 20, embed=None, parent_id: str | None = None, **params):
-    """One page of live rows of the caller's organization, newest first, with Link headers."""
+def list_of(name: str, page: int = 1, page_size: int = 20, embed=None, parent_id: str | None = None,
+            updated_since=None, cursor=None, **params):
+    """One page of live rows of the caller's organization, newest first, with Link headers (or,
+    with updatedSince or cursor, what changed, to sync)."""
     caller = current_caller()
     check_org(params.pop("org_id", None), caller)
     # pythonic_params turns a parameter named like a builtin into `type_`; filters use the plain name.
     filters = {k.rstrip("_"): v for k, v in params.items() if k not in _CONTEXT_KEYS}
     return listed(crud.list_rows(resource(name), caller, page=page, page_size=page_size, embed=embed,
-                                 filters=filters, parent_id=parent_id), page, page_size)
+                                 filters=filters, parent_id=parent_id, updated_since=updated_since,
+                                 cursor=cursor), page, page_size)
 
 
 def one_of(name: str, row_id: str, *, embed=None, parent_id: str | None = None):

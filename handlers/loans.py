@@ -38,9 +38,10 @@ def change_loan_standing(id_: str, body: dict):
     return changed("loan", id_, resources.change_standing(body["status"]), action="change_standing")
 
 
-def list_loan_payments(id_: str, page: int = 1, page_size: int = 20):
-    """One page of a loan's payments, newest first."""
-    return list_of("loan_payment", page=page, page_size=page_size, parent_id=id_)
+def list_loan_payments(id_: str, page: int = 1, page_size: int = 20, updated_since=None, cursor=None):
+    """One page of a loan's payments, newest first (or what changed, to sync)."""
+    return list_of("loan_payment", page=page, page_size=page_size, parent_id=id_, updated_since=updated_since,
+                   cursor=cursor)
 
 
 def create_loan_payment(id_: str, body: dict):

@@ -10,7 +10,7 @@ already says is read here, once, by ``create_app()``:
   that name and the schema's JSON type, so a property added to the spec and to a migration is
   served with no Python edit.
 - filters: every query parameter of the list operation other than the engine's own (paging,
-  ``embed``, ``orgId``) declares ``x-filter``: a kind (``equals``, ``on_day``, ``at_or_after``,
+  ``embed``, ``orgId``, sync's ``updatedSince`` and ``cursor``) declares ``x-filter``: a kind (``equals``, ``on_day``, ``at_or_after``,
   ``before``, ``contains``, or one the descriptor defines) and optionally the column it applies
   to (the parameter's snake_case name by default).
 - embeds: the ``embed`` parameter's enum. ``patient`` embeds the row ``patient_id`` names (the
@@ -34,7 +34,7 @@ from models.instants import parse_instant
 from models.tenancy import TENANT_COLUMN
 
 # Query parameters the engine itself answers to, on every list.
-ENGINE_PARAMETERS = frozenset({"page", "pageSize", "embed", "orgId"})
+ENGINE_PARAMETERS = frozenset({"page", "pageSize", "embed", "orgId", "updatedSince", "cursor"})
 
 
 class ContractError(RuntimeError):

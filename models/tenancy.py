@@ -40,7 +40,8 @@ class Caller:
 def scoped(table, org_id: Any, *, alias=None, deleted_too: bool = False) -> list:
     """The conditions every statement on a tenant table carries: this organization, live rows
     only (a table without soft delete, such as the append-only audit trail, has no such rows).
-    ``deleted_too`` is for the audit's questions about rows that no longer exist."""
+    ``deleted_too`` is for the audit's questions about rows that no longer exist, and for a sync's
+    tombstones."""
     t = alias if alias is not None else table
     conditions = [t.c.org_id == org_id]
     if "deleted_at" in t.c and not deleted_too:

@@ -1,0 +1,144 @@
+"""Sync: every list answers what changed since an instant, tombstones included, oldest first,
+paged by an opaque cursor that nothing written meanwhile can overtake."""
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy as sa
+
+from models import database
+from tests.conftest import error_of
+from tests.handlers.test_resources import NAMES, RESOURCES, post, world_a  # noqa: F401 (a fixture)
+
+_NEXT = re.compile(r'<([^>]*)>; rel="next"')
+
+
+def sync(client, org, path, **query):
+    response = client.get(path, params=query, headers=org.headers)
+    assert response.status_code == 200, response.text
+    return response
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_list_answers_changes_oldest_first_with_tombstones(client, world_a, name):
+    path, key, create, patch, _, _ = RESOURCES[name]
+    org = world_a.org
+    kept, gone = post(client, org, path, create(world_a)), post(client, org, path, create(world_a))
+    assert client.patch(f"{path}/{kept['id']}", json=patch, headers=org.headers).status_code == 200
+    assert client.delete(f"{path}/{gone['id']}", headers=org.headers).status_code == 204
+    page = sync(client, org, path, updatedSince=kept["created_at"]).json()["data"]
+    changed = [row for row in page[key] if row["id"] in (kept["id"], gone["id"])]
+    assert [row["id"] for row in changed] == [kept["id"], gone["id"]]  # the update, then the delete
+    assert changed[0]["deleted_at"] is None and changed[1]["deleted_at"] is not None
+    stamps = [row["updated_at"] for row in page[key]]
+    assert stamps == sorted(stamps) and page["has_more"] is False and page["next_cursor"]
+    # Up to date: the cursor answers nothing more until something changes.
+    after = sync(client, org, path, cursor=page["next_cursor"]).json()["data"]
+    assert after[key] == [] and after["next_cursor"] == page["next_cursor"] and after["total"] == 0
+
+
+def test_a_sync_walks_every_change_once_while_rows_are_written(client, world_a):
+    org = world_a.org
+    first = [post(client, org, "/patients", {"branch_id": org.branch_id, "name": f"Early {n}"}) for n in range(5)]
+    since = first[0]["created_at"]
+    seen, cursor, late = [], None, []
+    for turn in range(10):
+        query = {"cursor": cursor} if cursor else {"updatedSince": since}
+        page = sync(client, org, "/patients", pageSize=2, **query)
+        data = page.json()["data"]
+        seen += [(row["id"], row["updated_at"]) for row in data["patients"]]
+        if turn < 2:  # written between pages: new rows, and a row already read changing again
+            late.append(post(client, org, "/patients", {"branch_id": org.branch_id, "name": f"Late {turn}"}))
+            changed = client.patch(f"/patients/{first[0]['id']}", json={"name": f"Early 0, turn {turn}"},
+                                   headers=org.headers)
+            assert changed.status_code == 200, changed.text
+        cursor = data["next_cursor"]
+        if not data["has_more"] and turn >= 2:
+            assert not _NEXT.search(page.headers["link"])
+            break
+        if data["has_more"]:
+            assert quote(cursor) in _NEXT.search(page.headers["link"]).group(1)
+    ids = [row_id for row_id, _ in seen]
+    assert {p["id"] for p in first + late} <= set(ids)
+    assert len(seen) == len(set(seen))  # no version twice
+    assert ids.count(first[0]["id"]) == 2  # read, then (changed twice since) its latest version
+    assert [stamp for _, stamp in seen] == sorted(stamp for _, stamp in seen)
+
+
+def test_a_transaction_committing_late_is_not_skipped(client, world_a, engine):
+    """now() is a transaction's start: a row committed after a later one was read must still come
+    after the cursor. A page stops short of the oldest transaction under way."""
+    org = world_a.org
+    start = post(client, org, "/patients", {"branch_id": org.branch_id, "name": "Before"})
+    with engine.connect() as slow:
+        slow.execute(sa.text("INSERT INTO patient (org_id, branch_id, name) VALUES (:org, :branch, 'Slow')"),
+                     {"org": org.org_id, "branch": org.branch_id})
+        quick = post(client, org, "/patients", {"branch_id": org.branch_id, "name": "Quick"})
+        page = sync(client, org, "/patients", updatedSince=start["created_at"]).json()["data"]
+        assert [p["name"] for p in page["patients"]] == ["Before"]  # Quick waits behind Slow's transaction
+        slow.commit()
+    rest = sync(client, org, "/patients", cursor=page["next_cursor"]).json()["data"]
+    assert [p["name"] for p in rest["patients"]] == ["Slow", "Quick"] and rest["patients"][1]["id"] == quick["id"]
+
+
+def test_payments_and_the_audit_trail_sync_too(client, world_a):
+    org = world_a.org
+    payment = post(client, org, f"/loans/{world_a.loan_id}/payments", {"amount": 10})
+    page = sync(client, org, f"/loans/{world_a.loan_id}/payments", updatedSince=payment["created_at"]).json()["data"]
+    assert [p["id"] for p in page["payments"]] == [payment["id"]]
+    trail = sync(client, org, "/audit-logs", updatedSince=payment["created_at"], pageSize=100).json()["data"]
+    stamps = [row["created_at"] for row in trail["audit_logs"]]
+    assert stamps and stamps == sorted(stamps) and "create" in [row["action"] for row in trail["audit_logs"]]
+
+
+def test_a_sync_cannot_see_another_organization(client, world_a, make_org):
+    other = make_org("Elsewhere")
+    mine = post(client, world_a.org, "/patients", {"branch_id": world_a.org.branch_id, "name": "Mine"})
+    post(client, other, "/patients", {"branch_id": other.branch_id, "name": "Theirs"})
+    page = sync(client, world_a.org, "/patients", updatedSince=mine["created_at"]).json()["data"]
+    assert [p["name"] for p in page["patients"]] == ["Mine"]
+
+
+@pytest.mark.parametrize("query", [{"cursor": "bm90LWEtY3Vyc29y"}, {"cursor": "12.x"},
+                                   {"updatedSince": "2026-01-01T00:00:00Z", "page": 2}])
+def test_bad_sync_requests_are_400(client, world_a, query):
+    response = client.get("/patients", params=query, headers=world_a.org.headers)
+    assert response.status_code == 400 and error_of(response)["field"] in ("cursor", "page")
+
+
+def test_every_write_moves_updated_at(client, world_a, engine):
+    """A statement that forgets updated_at (a hook, an account change) still moves it, so no
+    change is invisible to a sync."""
+    org = world_a.org
+    patient = post(client, org, "/patients", {"branch_id": org.branch_id, "name": "Touched"})
+    with engine.begin() as conn:
+        moved = conn.execute(sa.text("UPDATE patient SET name = 'Touched again' WHERE id = :id RETURNING updated_at"),
+                             {"id": patient["id"]}).scalar_one()
+    assert moved.isoformat() > patient["updated_at"].replace("Z", "+00:00")
+
+
+def test_a_sync_page_is_an_index_range_scan(client, world_a, engine):
+    """The page's ids come from (org_id, updated_at, id): the keyset is an index condition, not a
+    filter over the organization's rows."""
+    org = world_a.org
+    post(client, org, "/patients", {"branch_id": org.branch_id, "name": "Planned"})
+    statements = []
+
+    def keep(conn, cursor, statement, parameters, context, executemany):
+        if "ORDER BY patient.updated_at ASC" in statement:
+            statements.append((statement, parameters))
+
+    reader = database.current_pools().reader
+    sa.event.listen(reader, "before_cursor_execute", keep)
+    try:
+        sync(client, org, "/patients", updatedSince="2026-01-01T00:00:00Z")
+    finally:
+        sa.event.remove(reader, "before_cursor_execute", keep)
+    statement, parameters = statements[0]
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
+    assert "patient_org_sync_idx" in plan
+    assert re.search(r"Index Cond: .*org_id = .*ROW\(updated_at, id\) >", plan), plan
