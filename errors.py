@@ -26,6 +26,7 @@ ERRORS: dict[str, ErrorKind] = {
     "INSUFFICIENT_SCOPE": ErrorKind(403, "The access token lacks a scope this operation requires"),
     "ORG_MISMATCH": ErrorKind(403, "The organization does not match the caller's organization"),
     "NOT_AUTHOR": ErrorKind(403, "Only the record's author or an admin may change it"),
+    "ORG_CONTEXT_REQUIRED": ErrorKind(403, "The access token names no organization to act in"),
     "NOT_FOUND": ErrorKind(404, "The resource does not exist"),
     "METHOD_NOT_ALLOWED": ErrorKind(405, "The method is not allowed on this resource"),
     "CONFLICT": ErrorKind(409, "The request conflicts with the current state of the resource"),

@@ -22,7 +22,7 @@ _VERIFIED_MAX = 10_000
 
 
 def token_info(token: str) -> dict:
-    """Decode and check an access token; any failure is a 401."""
+    """Decode and check an access token; any failure is a 401, a token without an organization a 403."""
     _verified = state.current().verified_tokens
     claims = _verified.get(token)
     if claims is not None:
@@ -32,6 +32,8 @@ def token_info(token: str) -> dict:
     try:
         claims = credentials.decode_access_token(token)
     except ApiError as exc:
+        if exc.status == 403:  # authenticated, but with no organization to act in
+            raise
         raise OAuthProblem(detail=exc.message) from exc
     if len(_verified) >= _VERIFIED_MAX:
         _verified.clear()

@@ -46,7 +46,8 @@ def issue_access_token(*, staff_id: str, org_id: str, roles: list[str], scopes: 
 
 
 def decode_access_token(token: str) -> dict:
-    """The claims of a valid access token; ``ApiError("UNAUTHORIZED")`` for anything else."""
+    """The claims of a valid access token; ``ApiError("UNAUTHORIZED")`` for anything else, but
+    ``ORG_CONTEXT_REQUIRED`` for a valid one that names no organization."""
     conf = config.current()
     try:
         claims = jwt.decode(
@@ -61,8 +62,11 @@ def decode_access_token(token: str) -> dict:
         raise ApiError("UNAUTHORIZED", "The access token has expired") from exc
     except jwt.PyJWTError as exc:
         raise ApiError("UNAUTHORIZED", "The access token is invalid") from exc
-    if not isinstance(claims.get("org_id"), str) or not isinstance(claims.get("scope"), str):
+    if not isinstance(claims.get("scope"), str) or not isinstance(claims.get("org_id"), (str, type(None))):
         raise ApiError("UNAUTHORIZED", "The access token is invalid")
+    if not claims.get("org_id"):
+        # A genuine token that names no organization: its bearer is known, but nothing here is theirs.
+        raise ApiError("ORG_CONTEXT_REQUIRED")
     return claims
 
 

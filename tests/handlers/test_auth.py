@@ -153,6 +153,16 @@ def test_bad_access_tokens_are_401_with_www_authenticate(client, org_a, settings
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+@pytest.mark.parametrize("org_id", [None, ""])
+def test_a_token_without_an_organization_is_403(client, org_a, settings, org_id):
+    claims = {**_forge(settings, org_a), "org_id": org_id}
+    if org_id is None:
+        del claims["org_id"]
+    token = jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+    response = client.get("/patients", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 403 and error_of(response)["code"] == "ORG_CONTEXT_REQUIRED"
+
+
 def test_missing_token_is_401(client):
     response = client.get("/patients")
     assert response.status_code == 401 and error_of(response)["code"] == "UNAUTHORIZED"
