@@ -1,7 +1,9 @@
 """Login, token refresh, logout and the caller's own profile."""
+import flask
+
 from errors import ApiError
-from handlers import no_content, ok
-from middleware import ratelimit
+from handlers import JSONIFIER, no_content, ok
+from middleware import auth, ratelimit
 from middleware.observability import LOGIN_FAILURES
 from middleware.tenancy import current_caller, request_origin
 from models import accounts
@@ -9,15 +11,38 @@ from models import accounts
 
 def login(body: dict):
     """Exchange email and password for an access token and a refresh token."""
-    email = body["email"]
+    return ok(_logged_in(body["email"], body["password"]))
+
+
+def _logged_in(email: str, password: str) -> dict:
+    """The session's tokens, with the per-account throttle on failed passwords."""
     ratelimit.check_login_account(email)
     try:
-        return ok(accounts.login(email, body["password"], request_origin()))
+        return accounts.login(email, password, request_origin())
     except ApiError as exc:
         if exc.code == "INVALID_CREDENTIALS":
             ratelimit.record_failed_login(email)
             LOGIN_FAILURES.inc()
         raise
+
+
+def issue_token(body: dict):
+    """OAuth 2.0 token endpoint (password and refresh_token grants), answered without the envelope."""
+    if body["grant_type"] == "password":
+        tokens = _logged_in(_form_field(body, "username"), _form_field(body, "password"))
+    else:
+        tokens = accounts.refresh(_form_field(body, "refresh_token"), request_origin())
+    answer = {name: tokens[name] for name in ("access_token", "token_type", "expires_in", "refresh_token")}
+    answer["scope"] = auth.token_info(tokens["access_token"])["scope"]
+    return flask.Response(JSONIFIER.dumps(answer), status=200, content_type="application/json",
+                          headers={"Pragma": "no-cache"})
+
+
+def _form_field(body: dict, name: str) -> str:
+    value = body.get(name)
+    if not value:
+        raise ApiError("VALIDATION_ERROR", f"{name} is required with grant_type={body['grant_type']}", field=name)
+    return value
 
 
 def refresh_token(body: dict):

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 # Probes and the scraper must never be throttled: a limited /ready takes an instance out of rotation.
 EXEMPT = frozenset({"/health", "/ready", "/metrics"})
-LOGIN = "/auth/login"
+# Both ways of presenting a password: the JSON login and the OAuth token endpoint.
+LOGINS = frozenset({"/auth/login", "/auth/token"})
 
 
 class RateLimits:
@@ -42,13 +43,14 @@ class RateLimits:
         """Count one request: (allowed, the policy that decided, the RateLimit response headers).
 
         Per user with a valid token, per client IP otherwise; /auth/login also per IP under its
+        and /auth/token also per IP under their
         own, stricter policy; the probes and the scraper are never limited.
         """
         if route in EXEMPT:
             return True, "", []
         key = f"user:{claims['sub']}" if claims else f"ip:{ip}"
         policies = [("default", self.default, key)]
-        if route == LOGIN and method == "POST":
+        if route in LOGINS and method == "POST":
             policies.append(("login", self.login, f"ip:{ip}"))
         results = [(name, item, *self.hit(name, item, k)) for name, item, k in policies]
         refused = [r for r in results if not r[2]]

@@ -1,5 +1,4 @@
 """The contract passes openapi-spec-validator and the committed Spectral style rules."""
-import shutil
 import subprocess
 
 import pytest
@@ -7,9 +6,7 @@ from openapi_spec_validator import validate
 from openapi_spec_validator.readers import read_from_filename
 
 from config import ROOT
-
-TOOLS = ROOT / "tools"
-SPECTRAL = TOOLS / "node_modules" / ".bin" / "spectral"
+from tests.node_tools import node_tool
 
 
 def test_spec_is_valid_openapi():
@@ -18,13 +15,7 @@ def test_spec_is_valid_openapi():
 
 @pytest.fixture(scope="module")
 def spectral():
-    if not SPECTRAL.exists():
-        if shutil.which("npm") is None:
-            pytest.skip("npm is not installed: Spectral (tools/package.json) cannot be installed")
-        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=TOOLS,
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout + done.stderr
-    return SPECTRAL
+    return node_tool("spectral")
 
 
 def test_spec_follows_the_style_rules(spectral):

@@ -166,3 +166,22 @@ def test_a_token_without_an_organization_is_403(client, org_a, settings, org_id)
 def test_missing_token_is_401(client):
     response = client.get("/patients")
     assert response.status_code == 401 and error_of(response)["code"] == "UNAUTHORIZED"
+
+
+def test_the_oauth_token_endpoint_speaks_rfc_6749(client, org_a):
+    """What OAuth tools (Swagger UI's Authorize) send and expect: a form, a plain token answer."""
+    response = client.post("/auth/token", data={"grant_type": "password", "username": org_a.admin_email,
+                                                "password": PASSWORD, "scope": "patients:read", "client_id": ""})
+    assert response.status_code == 200, response.text
+    token = response.json()
+    assert token["token_type"] == "Bearer" and token["expires_in"] > 0 and "patients:write" in token["scope"].split()
+    assert response.headers["cache-control"] == "no-store"
+    assert client.get("/patients", headers={"Authorization": f"Bearer {token['access_token']}"}).status_code == 200
+    renewed = client.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]})
+    assert renewed.status_code == 200 and renewed.json()["refresh_token"] != token["refresh_token"]
+    wrong = client.post("/auth/token", data={"grant_type": "password", "username": org_a.admin_email, "password": "nope"})
+    assert wrong.status_code == 401 and error_of(wrong)["code"] == "INVALID_CREDENTIALS"
+    missing = client.post("/auth/token", data={"grant_type": "password", "username": org_a.admin_email})
+    assert missing.status_code == 400 and error_of(missing)["field"] == "password"
+    as_json = client.post("/auth/token", json={"grant_type": "password"})
+    assert as_json.status_code == 415
