@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 from pathlib import Path
 
 import connexion
@@ -16,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import config
 from handlers import JSONIFIER
-from middleware import adapter, errors, observability
+from middleware import adapter, errors, observability, telemetry
 from middleware.ratelimit import RateLimits
 from middleware.http import Edge
 from middleware.routes import RouteTable
@@ -37,13 +36,14 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
     adapter.check_versions()
     settings = settings or config.load()
     observability.configure_logging(settings.log_level)
-    _init_sentry(settings)
+    telemetry.configure_sentry(settings)
     document = yaml.load((SPEC_DIR / "openapi.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     check_handlers(document)
     url = database_url or database.resolve_url(settings)
     app_state = AppState(settings=settings, pools=database.create_pools(url, settings),
                          limits=RateLimits(settings), dummy_password_hash=credentials.dummy_hash(settings),
                          resources=contract.derive(document, resources.ALL))
+    telemetry.configure(settings, [app_state.pools.writer, app_state.pools.reader])
 
     app = connexion.FlaskApp(
         __name__,
@@ -106,19 +106,7 @@ def _closing_pools_of(app_state: AppState):
     async def lifespan(_app):
         """On SIGTERM the server drains in-flight requests, then the pools close their connections."""
         yield
+        telemetry.shutdown()  # export the spans still buffered
         app_state.pools.dispose()
 
     return lifespan
-
-
-def _init_sentry(settings: config.Settings) -> None:
-    """Report unhandled errors to Sentry when SENTRY_DSN is set and sentry-sdk is installed."""
-    if not settings.sentry_dsn:
-        return
-    try:
-        import sentry_sdk
-    except ImportError:
-        logging.getLogger(__name__).warning("SENTRY_DSN is set but sentry-sdk is not installed")
-        return
-    # No request bodies or headers: they hold patient data and tokens.
-    sentry_sdk.init(dsn=settings.sentry_dsn, send_default_pii=False, max_request_body_size="never")

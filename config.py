@@ -101,6 +101,8 @@ class Settings:
     # How old a row must be before `clinic-api audit seal` seals it: longer than any transaction
     # that inserts audit rows lives, so that none commits below a seal.
     audit_seal_settle_seconds: int = 300
+    otel_endpoint: str = ""  # the OTLP/HTTP collector's base URL; unset: no tracing
+    otel_service_name: str = "clinic-api"
 
     @property
     def is_development(self) -> bool:
@@ -168,6 +170,8 @@ def load(env=None, *, serving: bool = True) -> Settings:
         access_log_synchronous_commit=_bool("ACCESS_LOG_SYNCHRONOUS_COMMIT", defaults.access_log_synchronous_commit, env),
         audit_retention_months=_int("AUDIT_RETENTION_MONTHS", defaults.audit_retention_months, env),
         audit_seal_settle_seconds=_int("AUDIT_SEAL_SETTLE_SECONDS", defaults.audit_seal_settle_seconds, env),
+        otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+        otel_service_name=env.get("OTEL_SERVICE_NAME", defaults.otel_service_name),
     )
     if settings.is_development and not settings.jwt_secret:
         settings = replace(settings, jwt_secret=_local_secret(settings.data_dir))
@@ -215,6 +219,9 @@ def check(settings: Settings, *, serving: bool = True) -> None:
         raise ConfigError("AUDIT_SEAL_SETTLE_SECONDS must be 0 or more")
     if settings.count_exact_limit < 1 or settings.search_count_exact_limit < 1:
         raise ConfigError("COUNT_EXACT_LIMIT and SEARCH_COUNT_EXACT_LIMIT must be at least 1")
+    if settings.otel_endpoint and not settings.otel_endpoint.startswith(("http://", "https://")):
+        raise ConfigError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL (OTLP over HTTP), "
+                          f"got {settings.otel_endpoint!r}")
 
 
 def test_database_url(env=None) -> str | None:

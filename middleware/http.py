@@ -11,7 +11,7 @@ import os
 import re
 import time
 
-from middleware import auth, observability
+from middleware import auth, observability, telemetry
 from middleware.errors import ApiError, error_body
 from middleware.ratelimit import RateLimits
 from middleware.routes import RouteTable
@@ -76,6 +76,7 @@ class Edge:
         extra = [(b"x-request-id", request_id), *_SECURITY_HEADERS]
         status = 500
         observability.begin(method)
+        traced = telemetry.start_request(method, template, state)
 
         async def reply(message_status, code, message, more=()):
             nonlocal status
@@ -123,6 +124,7 @@ class Edge:
                 # A chunked body without Content-Length that outgrew the limit.
                 await reply(413, "PAYLOAD_TOO_LARGE", f"The request body exceeds {self.max_body_bytes} bytes")
         finally:
+            telemetry.end_request(traced, status, claims)
             observability.record(method, template, status, time.perf_counter() - started, state, path)
 
     def _limited(self, receive):

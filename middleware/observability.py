@@ -103,6 +103,7 @@ def record(method: str, route: str, status: int, elapsed: float, state: dict, pa
             "duration_ms": round(elapsed * 1000, 2),
             "user_id": claims.get("sub"),
             "org_id": claims.get("org_id"),
+            "trace_id": state.get("trace_id"),  # set only while tracing is on
         }})
 
 
