@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any, Mapping
-from urllib.parse import urlencode
 
 import flask
 from connexion.jsonifier import Jsonifier
@@ -104,28 +103,30 @@ def created(resource: Resource, body: dict, *, parent_id: str | None = None):
 def listed(result: dict, page: int, page_size: int) -> flask.Response:
     """A page of a list, with RFC 8288 ``Link`` relations to the first, previous, next and last
     pages: the request's own query with ``page`` changed (a path-absolute reference, so it holds
-    behind a proxy's root path)."""
+    behind a proxy's root path). A sync page links to its first page and, while there is more,
+    to the next one by cursor."""
     request = flask.request
-    query = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page", "pageSize", "cursor")]
-    base = f"{request.script_root}{request.path}?"
+    # The rest of the query as the client wrote it (already URL-encoded: nothing to decode and
+    # encode again); page numbers and cursors (digits, hex and a dot) need no escaping.
+    kept = "".join(f"{part}&" for part in request.query_string.decode("latin-1").split("&")
+                   if part and part.partition("=")[0] not in _PAGING)
+    prefix = f"<{request.script_root}{request.path}?{kept}"
     if "next_cursor" in result:
-        # A sync has no numbered pages: first is where it started, next goes on from the cursor.
-        links = [f'<{base}{urlencode([*query, ("pageSize", page_size)])}>; rel="first"']
+        links = [f'{prefix}pageSize={page_size}>; rel="first"']
         if result["has_more"]:
-            links.append(f'<{base}{urlencode([*query, ("cursor", result["next_cursor"]), ("pageSize", page_size)])}>; rel="next"')
+            links.append(f'{prefix}cursor={result["next_cursor"]}&pageSize={page_size}>; rel="next"')
         return ok(result, headers={"Link": ", ".join(links)})
     last = max(1, -(-result["total"] // page_size))
-
-    def link(number: int, rel: str) -> str:
-        return f'<{base}{urlencode([*query, ("page", number), ("pageSize", page_size)])}>; rel="{rel}"'
-
-    links = [link(1, "first")]
+    links = [f'{prefix}page=1&pageSize={page_size}>; rel="first"']
     if page > 1:
-        links.append(link(min(page - 1, last), "prev"))
+        links.append(f'{prefix}page={min(page - 1, last)}&pageSize={page_size}>; rel="prev"')
     if page < last:
-        links.append(link(page + 1, "next"))
-    links.append(link(last, "last"))
+        links.append(f'{prefix}page={page + 1}&pageSize={page_size}>; rel="next"')
+    links.append(f'{prefix}page={last}&pageSize={page_size}>; rel="last"')
     return ok(result, headers={"Link": ", ".join(links)})
+
+
+_PAGING = ("page", "pageSize", "cursor")
 
 
 def resource(name: str) -> Resource:
