@@ -373,9 +373,7 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
     newest_first = (table.c.created_at.desc(), table.c.id.desc())
     offset = (page - 1) * page_size
     count_key = (resource.name, caller.org_id, parent_id, tuple(sorted((n, repr(filters[n])) for n in active)))
-    if syncing:
-        if page != 1:
-            raise ApiError("VALIDATION_ERROR", "a sync pages with cursor, not page", field="page")
+    if syncing:  # a sync pages by cursor: page is not used
         position = decode_cursor(cursor) if cursor is not None else (parse_instant(updated_since), _BEFORE_ANY_ID)
         return database.read(lambda conn: _changes(
             conn, resource, caller, query, page_size, embed,

@@ -101,11 +101,10 @@ def test_a_sync_cannot_see_another_organization(client, world_a, make_org):
     assert [p["name"] for p in page["patients"]] == ["Mine"]
 
 
-@pytest.mark.parametrize("query", [{"cursor": "bm90LWEtY3Vyc29y"}, {"cursor": "12.x"},
-                                   {"updatedSince": "2026-01-01T00:00:00Z", "page": 2}])
-def test_bad_sync_requests_are_400(client, world_a, query):
-    response = client.get("/patients", params=query, headers=world_a.org.headers)
-    assert response.status_code == 400 and error_of(response)["field"] in ("cursor", "page")
+@pytest.mark.parametrize("cursor", ["bm90LWEtY3Vyc29y", "12.x", "12." + "0" * 31])
+def test_a_cursor_the_server_did_not_write_is_400(client, world_a, cursor):
+    response = client.get("/patients", params={"cursor": cursor}, headers=world_a.org.headers)
+    assert response.status_code == 400 and error_of(response)["field"] == "cursor"
 
 
 def test_every_write_moves_updated_at(client, world_a, engine):
