@@ -109,7 +109,8 @@ def test_every_request_is_a_trace_with_its_sql_and_no_patient_data(database_url,
     statements = [span for span in spans if span.parent_span_id == listed.span_id]
     assert statements and all(span.trace_id == listed.trace_id for span in statements)
     assert any("FROM patient" in _attributes(span).get("db.query.text", "") for span in statements)
-    assert {span.name for span in statements} <= {"SELECT", "INSERT", "WITH", "BEGIN", "COMMIT"}
+    names = {span.name for span in statements}  # each named by its SQL verb, never by its text
+    assert "SELECT" in names and all(name.isalpha() and name.isupper() for name in names), names
     exported = b"".join(body for _, body in receiver.bodies)
     assert b"clinic-test" in exported
     assert b"Secretia" not in exported and b"Lovelace" not in exported  # no bodies, queries or bound values
