@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from models import database
 from tests.conftest import error_of
-from tests.handlers.test_resources import NAMES, RESOURCES, post, world_a  # noqa: F401 (a fixture)
+from tests.factories import NAMES, RESOURCES, post
 
 _NEXT = re.compile(r'<([^>]*)>; rel="next"')
 
