@@ -1,11 +1,15 @@
-"""``clinic-api``: the operator's command line (migrate, rollback, serve, create-org, run)."""
+"""``clinic-api``: the operator's command line (migrate, rollback, serve, worker, create-org, run)."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import secrets
+import signal
+import subprocess
 import sys
+import threading
 
 import config
 from models import database
@@ -122,11 +126,54 @@ def cmd_serve(settings, _args) -> int:
     return 0
 
 
-def _serve(settings, url) -> None:
-    from gunicorn.app.base import BaseApplication
+def cmd_worker(settings, args) -> int:
+    """Deliver webhooks until SIGTERM (several may run at once, on any host)."""
+    import worker
+    from middleware import observability
 
+    url = _database_url(settings)
+    config.use(settings)
+    observability.configure_logging(settings.log_level)
+    settings = settings.with_overrides(db_pool_size=settings.webhook_worker_threads, db_max_overflow=1)
+    pools = database.create_pools(url, settings)
+    database.install(pools)
+    deliveries = worker.DeliveryWorker(pools.writer, settings, listen_url=settings.database_listen_url or url).start()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("webhook worker started")
+    # Started by serve or run: stop when that process is gone, even if it was killed.
+    while not stop.wait(1.0):
+        if args.parent_pid and os.getppid() != args.parent_pid:
+            break
+    deliveries.close()
+    pools.dispose()
+    return 0
+
+
+def _start_worker(settings, url):
+    """The delivery worker as a child process of serve or run (WEBHOOK_WORKER=false: none)."""
+    if not settings.webhook_worker:
+        return None
+    command = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main(sys.argv[1:]))",
+               "worker", "--parent-pid", str(os.getpid())]
+    return subprocess.Popen(command, env={**os.environ, "DATABASE_URL": url})
+
+
+def _serve(settings, url) -> None:
     if settings.workers > 1:
         settings = config.share_metrics_between_workers(settings)
+    deliveries = _start_worker(settings, url)
+    try:
+        _gunicorn(settings, url)
+    finally:
+        if deliveries is not None:
+            deliveries.terminate()
+            deliveries.wait(30)
+
+
+def _gunicorn(settings, url) -> None:
+    from gunicorn.app.base import BaseApplication
 
     class Server(BaseApplication):
         def load_config(self):
@@ -194,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.set_defaults(func=cmd_rollback)
     sub.add_parser("serve", help=cmd_serve.__doc__).set_defaults(func=cmd_serve)
     sub.add_parser("run", help=cmd_run.__doc__).set_defaults(func=cmd_run)
+    worker = sub.add_parser("worker", help=cmd_worker.__doc__)
+    worker.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    worker.set_defaults(func=cmd_worker)
     create = sub.add_parser("create-org", help=cmd_create_org.__doc__)
     create.add_argument("--name", required=True)
     create.add_argument("--branch-name", required=True)

@@ -51,6 +51,8 @@ class Settings:
     # The schema owner's URL for `clinic-api migrate` (a direct connection, never through a
     # transaction-mode pooler: its lock lives in the session); DATABASE_URL when unset.
     database_migration_url: str | None = None
+    # A direct connection for LISTEN (a pooler in transaction mode cannot carry it); None: the database URL.
+    database_listen_url: str | None = None
     # The role the API runs as, granted row privileges by `clinic-api migrate`; DATABASE_URL's user
     # when unset (a pooler may log in to the server as another user than its clients).
     database_runtime_role: str = ""
@@ -103,6 +105,14 @@ class Settings:
     audit_seal_settle_seconds: int = 300
     otel_endpoint: str = ""  # the OTLP/HTTP collector's base URL; unset: no tracing
     otel_service_name: str = "clinic-api"
+    # Webhooks (models/webhooks.py, worker.py).
+    webhook_allow_private_targets: bool = False
+    webhook_retry_window_s: int = 24 * 3600
+    webhook_retry_base_ms: int = 5_000
+    webhook_retry_max_ms: int = 3_600_000
+    webhook_poll_interval_ms: int = 1_000
+    webhook_worker_threads: int = 4
+    webhook_worker: bool = True
 
     @property
     def is_development(self) -> bool:
@@ -125,6 +135,7 @@ def load(env=None, *, serving: bool = True) -> Settings:
         env=env.get("APP_ENV", defaults.env),
         database_url=env.get("DATABASE_URL") or None,
         database_migration_url=env.get("DATABASE_MIGRATION_URL") or env.get("DATABASE_URL") or None,
+        database_listen_url=env.get("DATABASE_LISTEN_URL") or None,
         database_runtime_role=env.get("DATABASE_RUNTIME_ROLE", ""),
         data_dir=Path(env.get("DATA_DIR", str(defaults.data_dir))),
         db_pool_size=_int("DB_POOL_SIZE", defaults.db_pool_size, env),
@@ -172,6 +183,13 @@ def load(env=None, *, serving: bool = True) -> Settings:
         audit_seal_settle_seconds=_int("AUDIT_SEAL_SETTLE_SECONDS", defaults.audit_seal_settle_seconds, env),
         otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
         otel_service_name=env.get("OTEL_SERVICE_NAME", defaults.otel_service_name),
+        webhook_allow_private_targets=_bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", defaults.webhook_allow_private_targets, env),
+        webhook_retry_window_s=_int("WEBHOOK_RETRY_WINDOW_S", defaults.webhook_retry_window_s, env),
+        webhook_retry_base_ms=_int("WEBHOOK_RETRY_BASE_MS", defaults.webhook_retry_base_ms, env),
+        webhook_retry_max_ms=_int("WEBHOOK_RETRY_MAX_MS", defaults.webhook_retry_max_ms, env),
+        webhook_poll_interval_ms=_int("WEBHOOK_POLL_INTERVAL_MS", defaults.webhook_poll_interval_ms, env),
+        webhook_worker_threads=_int("WEBHOOK_WORKER_THREADS", defaults.webhook_worker_threads, env),
+        webhook_worker=_bool("WEBHOOK_WORKER", defaults.webhook_worker, env),
     )
     if settings.is_development and not settings.jwt_secret:
         settings = replace(settings, jwt_secret=_local_secret(settings.data_dir))
@@ -222,6 +240,18 @@ def check(settings: Settings, *, serving: bool = True) -> None:
     if settings.otel_endpoint and not settings.otel_endpoint.startswith(("http://", "https://")):
         raise ConfigError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL (OTLP over HTTP), "
                           f"got {settings.otel_endpoint!r}")
+    _check_webhooks(settings)
+
+
+def _check_webhooks(settings: Settings) -> None:
+    if settings.webhook_retry_window_s < 1:
+        raise ConfigError("WEBHOOK_RETRY_WINDOW_S must be at least 1")
+    if not 1 <= settings.webhook_retry_base_ms <= settings.webhook_retry_max_ms:
+        raise ConfigError("WEBHOOK_RETRY_BASE_MS must be at least 1 and at most WEBHOOK_RETRY_MAX_MS")
+    if not 10 <= settings.webhook_poll_interval_ms <= 60_000:
+        raise ConfigError("WEBHOOK_POLL_INTERVAL_MS must be between 10 and 60000")
+    if not 1 <= settings.webhook_worker_threads <= 64:
+        raise ConfigError("WEBHOOK_WORKER_THREADS must be between 1 and 64")
 
 
 def test_database_url(env=None) -> str | None:

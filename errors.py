@@ -36,6 +36,7 @@ ERRORS: dict[str, ErrorKind] = {
     "INVALID_REFERENCE": ErrorKind(422, "A referenced resource does not exist in this organization"),
     "BUSINESS_RULE_VIOLATION": ErrorKind(422, "The request breaks a business rule"),
     "IDEMPOTENCY_KEY_REUSED": ErrorKind(422, "The Idempotency-Key was already used with another request"),
+    "WEBHOOK_TARGET_REFUSED": ErrorKind(422, "The webhook URL is not a safe target"),
     "PRECONDITION_REQUIRED": ErrorKind(428, "This server requires If-Match on changes"),
     "RATE_LIMITED": ErrorKind(429, "Too many requests; retry later"),
     "INTERNAL_ERROR": ErrorKind(500, "An unexpected error occurred"),

@@ -205,7 +205,7 @@ class Server:
             except OSError:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == self.proc.pid:
+            if int(fields[1]) == self.proc.pid and not _is_delivery_worker(entry):
                 children.append(int(entry.name))
         return sorted(children)
 
@@ -252,6 +252,14 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+def _is_delivery_worker(process: Path) -> bool:
+    """The webhook delivery worker that serve starts beside gunicorn's workers (cli._start_worker)."""
+    try:
+        return b"\0worker\0--parent-pid\0" in (process / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def start_api(url: str, opts: Options, secret: str, name: str = "api") -> Server:

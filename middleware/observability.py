@@ -11,7 +11,7 @@ import sys
 import logging
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
 import state
@@ -28,6 +28,34 @@ DB_POOL = Gauge("db_pool_connections", "Database pool connections by pool and st
                 multiprocess_mode="livesum")
 LOGIN_FAILURES = Counter("auth_login_failures_total", "Failed logins (unknown email or wrong password)")
 RATE_LIMITED = Counter("rate_limited_requests_total", "Requests refused with 429, by policy", ["policy"])
+# Counted by the delivery worker (worker.py); shared through PROMETHEUS_MULTIPROC_DIR when serve or
+# run starts it, on the worker's own registry otherwise.
+WEBHOOK_DELIVERIES = Counter("webhook_deliveries_total",
+                             "Webhook delivery attempts by outcome (succeeded, retrying, failed)", ["outcome"])
+
+
+class _OutboxBacklog:
+    """Outbox depth and the age of its oldest undelivered event, read from the database at each
+    scrape: the same for every instance, whichever worker is scraped."""
+
+    def describe(self):
+        return []  # registering must not query a database that is not there yet
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        from models import database, webhooks
+
+        try:
+            depth, oldest = database.read(webhooks.backlog)
+        except Exception:  # no database (yet): /metrics still answers
+            return
+        yield GaugeMetricFamily("webhook_outbox_depth", "Webhook deliveries waiting to be delivered", value=depth)
+        yield GaugeMetricFamily("webhook_outbox_oldest_age_seconds",
+                                "Age of the oldest webhook delivery waiting to be delivered", value=oldest)
+
+
+OUTBOX_BACKLOG = _OutboxBacklog()
+REGISTRY.register(OUTBOX_BACKLOG)
 
 access_log = logging.getLogger("clinic_api.access")
 
@@ -40,6 +68,7 @@ def render_metrics() -> tuple[bytes, str]:
     if state.current().settings.prometheus_multiproc_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        registry.register(OUTBOX_BACKLOG)
         return generate_latest(registry), CONTENT_TYPE
     return generate_latest(), CONTENT_TYPE
 

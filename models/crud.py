@@ -23,6 +23,7 @@ from errors import ApiError
 from models.instants import parse_instant
 from models.tenancy import Caller, check_org, scoped
 from models import access, audit
+from models import events
 from models import idempotency as idempotency_keys
 from models.idempotency import IdempotentRequest
 from models import database
@@ -111,6 +112,10 @@ class Resource:
     after_update: Hook | None = None
     before_delete: Hook | None = None
     after_delete: Hook | None = None
+    # Webhook events (models/events.py): every write emits <name>.created/.updated/.deleted unless
+    # off; also_emits(action, before, after) -> [event types] adds the resource's own.
+    emits_events: bool = True
+    also_emits: Hook | None = None
 
     # Statements built once per shape (references sent, fields sent, embeds asked for) instead of
     # per request; bounded, since clients choose the shapes.
@@ -216,7 +221,8 @@ def _reference_probe(resource: Resource, names: tuple[str, ...]):
 
 
 def _audited_insert(resource: Resource, names: tuple[str, ...], wanted: tuple[str, ...]):
-    """The whole of a create as one statement: reference checks, the row, and its audit row::
+    """The whole of a create as one statement: reference checks, the row, its audit row and its
+    outbox rows (``events.insert_from``)::
 
         WITH found AS (SELECT EXISTS (SELECT * FROM branch WHERE branch.id = :branch_id
                                       AND branch.org_id = :org_id AND branch.deleted_at IS NULL) AS ...),
@@ -240,10 +246,12 @@ def _build_audited_insert(resource: Resource, names: tuple[str, ...], wanted: tu
         found = _reference_probe(resource, wanted).cte("found")
         row = row.where(*[found.c[name + _FOUND] for name in wanted])
     created = table.insert().from_select(names, row).returning(*resource.public_columns).cte("created")
-    audited = audit.insert_from(created, "create", resource.name).cte("audited")
+    written = [audit.insert_from(created, "create", resource.name).cte("audited")]
+    if resource.emits_events:
+        written += events.insert_from(created, resource.name, names)
     if found is None:
-        return select(created).add_cte(audited)
-    return select(found, created).select_from(found.outerjoin(created, sa.true())).add_cte(audited)
+        return select(created).add_cte(*written)
+    return select(found, created).select_from(found.outerjoin(created, sa.true())).add_cte(*written)
 
 
 def _insert_audited(conn, resource: Resource, caller: Caller, values: Mapping[str, Any]) -> dict:
@@ -253,7 +261,7 @@ def _insert_audited(conn, resource: Resource, caller: Caller, values: Mapping[st
     wanted = _wanted_references(resource, values)
     # Sorted: the same fields sent in another order are the same statement.
     statement = _audited_insert(resource, tuple(sorted(values)), wanted)
-    row = conn.execute(statement, {**values, **audit.params_for(caller)}).mappings().one()
+    row = conn.execute(statement, {**values, **audit.params_for(caller), **events.params()}).mappings().one()
     _refuse_missing(resource, wanted, row)
     return {column.name: row[column.name] for column in resource.public_columns}
 
@@ -608,6 +616,7 @@ def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
             if resource.after_create:
                 resource.after_create(conn, caller, created)
             audit.record_for(conn, caller, "create", resource.name, created["id"], after=created)
+            events.record(conn, caller, resource, "created", None, created)
         else:
             created = _insert_audited(conn, resource, caller, values)
         if idempotency is not None:
@@ -633,6 +642,7 @@ def update_row(resource: Resource, caller: Caller, row_id: str, body: Mapping[st
         if resource.after_update:
             resource.after_update(conn, caller, before, after)
         audit.record_for(conn, caller, "update", resource.name, row_id, before=before, after=after)
+        events.record(conn, caller, resource, "updated", before, after)
     return after
 
 
@@ -654,6 +664,7 @@ def change_row(resource: Resource, caller: Caller, row_id: str, values: Mapping[
                 return before
         after = _write(conn, resource, caller, row_id, {"updated_at": func.now(), **values})
         audit.record_for(conn, caller, action, resource.name, row_id, before=before, after=after)
+        events.record(conn, caller, resource, "updated", before, after)
     return after
 
 
@@ -668,6 +679,7 @@ def delete_row(resource: Resource, caller: Caller, row_id: str, *, parent_id: st
         if resource.after_delete:
             resource.after_delete(conn, caller, before)
         audit.record_for(conn, caller, "delete", resource.name, row_id, before=before, after=after)
+        events.record(conn, caller, resource, "deleted", before, after)
 
 
 def _insert(conn, resource: Resource, values: Mapping[str, Any]) -> dict:

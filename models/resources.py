@@ -1,6 +1,7 @@
 """One descriptor per resource: everything that differs between them, and nothing else."""
 from __future__ import annotations
 
+import datetime as dt
 from decimal import ROUND_HALF_UP, Decimal
 
 import sqlalchemy as sa
@@ -245,6 +246,34 @@ def unlike(conn, caller, post):
     return {"likes": func.greatest(t.community_post.c.likes - 1, 0)} if removed.rowcount == 1 else None
 
 
+def _webhook_before_update(conn, caller, values, before):
+    if "secret" in values:
+        # The old key keeps signing alongside the new one, so receivers can switch without a gap.
+        subscription = t.webhook_subscription
+        values["previous_secret"] = subscription.c.secret
+        values["previous_secret_expires_at"] = func.now() + dt.timedelta(seconds=config.current().webhook_retry_window_s)
+    if values.get("status") == "active":
+        values["failing_since"] = None  # resumed: the count of failing time starts again
+    return values
+
+
+# --- the events a resource emits besides <name>.created/.updated/.deleted -----------------------
+
+def _appointment_events(action, before, after):
+    cancelled = action == "updated" and after["status"] == "cancelled" and before["status"] != "cancelled"
+    return ["appointment.cancelled"] if cancelled else []
+
+
+def _payment_events(action, before, after):
+    return ["loan_payment.recorded"] if action == "created" else []
+
+
+def _inventory_events(action, before, after):
+    def low(row):
+        return row["quantity"] <= row["reorder_point"]
+    return ["inventory_item.low_stock"] if action == "updated" and low(after) and not low(before) else []
+
+
 # --- the resources ------------------------------------------------------------------------------
 # Writable fields, filters and embeds come from the spec (models/contract.py).
 
@@ -274,6 +303,7 @@ APPOINTMENTS = Resource(
     references={"patient_id": t.patient, "staff_id": t.staff, "branch_id": t.branch},
     before_create=_appointment_before_create,
     patient_column="patient_id",
+    also_emits=_appointment_events,
 )
 
 PRESCRIPTIONS = Resource(
@@ -293,6 +323,7 @@ INVENTORY = Resource(
     references={"branch_id": t.branch, "supplier_id": t.supplier},
     filter_kinds={"low_stock": low_stock},
     before_update=_inventory_before_update,
+    also_emits=_inventory_events,
 )
 
 LOANS = Resource(
@@ -305,6 +336,7 @@ LOAN_PAYMENTS = Resource(
     parent=("loan_id", t.loan),
     before_create=_payment_before_create, before_update=_payment_before_update,
     after_delete=_payment_after_delete,
+    also_emits=_payment_events,
 )
 
 COMMUNITY_POSTS = Resource(
@@ -317,8 +349,25 @@ COMMUNITY_POSTS = Resource(
 FINANCIAL_REPORTS = Resource(name="financial_report", plural="reports", table=t.financial_report,
                              path="/financial/reports")
 
-AUDIT_LOGS = Resource(name="audit_log", plural="audit_logs", table=t.audit_log, path="/audit-logs")
+AUDIT_LOGS = Resource(name="audit_log", plural="audit_logs", table=t.audit_log, path="/audit-logs",
+                      emits_events=False)
+
+WEBHOOKS = Resource(
+    name="webhook", plural="webhooks", table=t.webhook_subscription, path="/webhooks",
+    # The signing keys are shown once, by the operation that makes them (models/webhooks.py).
+    hidden=frozenset({"secret", "previous_secret", "previous_secret_expires_at"}),
+    # rotate_secret is no column: models/webhooks.change() turns it into a new secret.
+    write_only=frozenset({"secret", "rotate_secret"}),
+    before_update=_webhook_before_update,
+    emits_events=False,
+)
+
+WEBHOOK_DELIVERIES = Resource(
+    name="webhook_delivery", plural="deliveries", table=t.webhook_delivery, path="/webhooks/{id}/deliveries",
+    parent=("subscription_id", t.webhook_subscription),
+    emits_events=False,
+)
 
 # Every resource the engine serves; create_app() completes each from the spec.
 ALL = (PATIENTS, BRANCHES, STAFF_MEMBERS, SUPPLIERS, APPOINTMENTS, PRESCRIPTIONS, TRANSACTIONS, INVENTORY,
-       LOANS, LOAN_PAYMENTS, COMMUNITY_POSTS, FINANCIAL_REPORTS, AUDIT_LOGS)
+       LOANS, LOAN_PAYMENTS, COMMUNITY_POSTS, FINANCIAL_REPORTS, AUDIT_LOGS, WEBHOOKS, WEBHOOK_DELIVERIES)

@@ -318,3 +318,49 @@ idempotency_key = Table(
     _ts("created_at", nullable=False, default=NOW),
     _ts("expires_at", nullable=False),
 )
+
+webhook_subscription = Table(
+    "webhook_subscription", metadata,
+    _id(), _org(),
+    Column("url", Text, nullable=False),
+    Column("events", ARRAY(Text), nullable=False),
+    Column("description", Text),
+    Column("include", String(10), nullable=False, server_default=text("'ids'")),
+    Column("status", String(20), nullable=False, server_default=text("'active'")),
+    Column("secret", Text, nullable=False),
+    Column("previous_secret", Text),
+    _ts("previous_secret_expires_at"),
+    _ts("failing_since"),
+    *_timestamps(),
+)
+
+outbox_event = Table(
+    "outbox_event", metadata,
+    Column("id", BigInteger, primary_key=True, server_default=text("nextval('outbox_event_id_seq')")),
+    _org(),
+    Column("type", String(60), nullable=False),
+    Column("resource", String(50), nullable=False),
+    _ref("resource_id"),
+    Column("record", JSONB, nullable=False),
+    Column("changed", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    _ts("created_at", nullable=False, default=NOW),
+)
+
+webhook_delivery = Table(
+    "webhook_delivery", metadata,
+    _id(), _org(), _ref("subscription_id"),
+    Column("event_id", BigInteger, nullable=False),
+    Column("event_type", String(60), nullable=False),
+    _ref("resource_id"),
+    Column("status", String(20), nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    _ts("next_attempt_at", nullable=False, default=NOW),
+    _ts("first_attempt_at"),
+    _ts("last_attempt_at"),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    _ts("give_up_at", nullable=False, default=text("(now() + '24:00:00'::interval)")),
+    _ts("delivered_at"),
+    _ts("created_at", nullable=False, default=NOW),
+    _ts("updated_at", nullable=False, default=NOW),
+)

@@ -20,6 +20,8 @@ TEST_ENV = {
     "BCRYPT_ROUNDS": "4",
     "VALIDATE_RESPONSES": "true",
     "RATE_LIMIT_ENABLED": "false",
+    # Webhook tests send to receivers on loopback (tests/test_webhooks.py checks the refusal).
+    "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
 }
 PASSWORD = "correct horse battery"
 

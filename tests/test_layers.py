@@ -63,7 +63,8 @@ def test_no_web_framework_below_the_middleware():
 def test_the_data_layer_loads_without_the_web_stack():
     """Imported in a fresh interpreter, the CRUD engine and the resources pull in no framework."""
     probe = (
-        "import sys; import models.crud, models.resources, models.accounts, models.idempotency;"
+        "import sys; import models.crud, models.resources, models.accounts, models.idempotency,"
+        " models.events, models.webhooks;"
         f"print(','.join(sorted(m for m in {WEB_FRAMEWORKS!r} if m in sys.modules)))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=config.ROOT, capture_output=True, text=True,

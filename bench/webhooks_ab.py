@@ -1,0 +1,164 @@
+"""Create throughput with and without a webhook subscription, and commit-to-delivery latency.
+
+    .venv/bin/python bench/webhooks_ab.py            # DATABASE_URL's server (or embedded), ~2 minutes
+
+One ``clinic-api serve`` (with its delivery worker, as deployed by default) on a fresh bench
+database, a receiver on loopback answering 200, and two organizations: A without webhooks, B
+with one active subscription to ``patient.created``. The same load (POST /patients from
+BENCH_CONNECTIONS keep-alive connections for BENCH_DURATION seconds) runs against A and B in
+turn, BENCH_ROUNDS times, so that the machine's load drifts over both alike; the ratio of the
+medians is the cost of events. B's deliveries are counted: every create must arrive. Then
+BENCH_LATENCY_SAMPLES creates in B, one at a time, time the answer of the create to the arrival
+of its event at the receiver.
+"""
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from run import login, prepare_database, settle, start_api  # noqa: E402
+
+
+def _int_env(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+class Receiver:
+    def __init__(self):
+        self.count = 0
+        self.arrivals: dict[str, float] = {}
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with receiver.lock:
+                    receiver.count += 1
+                    receiver.arrivals[body["data"]["id"]] = time.monotonic()
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def create_load(port: int, token: str, branch_id: str, connections: int, duration: float) -> tuple[float, int]:
+    """(creates per second, creates) from ``connections`` keep-alive connections for ``duration`` seconds."""
+    done = [0] * connections
+    failed = []
+    body = json.dumps({"branch_id": branch_id, "name": "Bench Patient"})
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    stop_at = time.monotonic() + duration
+
+    def drive(slot: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        while time.monotonic() < stop_at:
+            conn.request("POST", "/patients", body, headers)
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 201:
+                failed.append(answer.status)
+                return
+            done[slot] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=drive, args=(slot,)) for slot in range(connections)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise RuntimeError(f"creates failed with {failed[:3]}")
+    return sum(done) / (time.monotonic() - started), sum(done)
+
+
+def main() -> int:
+    import httpx
+
+    rounds = _int_env("BENCH_ROUNDS", 5)
+    duration = _int_env("BENCH_DURATION", 8)
+    connections = _int_env("BENCH_CONNECTIONS", 16)
+    samples = _int_env("BENCH_LATENCY_SAMPLES", 100)
+    url, where = prepare_database("_webhooks")
+    receiver = Receiver()
+    opts = type("Options", (), {"workers": _int_env("BENCH_WORKERS", os.cpu_count() or 1)})()
+    os.environ["WEBHOOK_ALLOW_PRIVATE_TARGETS"] = "true"  # the receiver is on loopback
+    api = start_api(url, opts, "webhook-bench-secret-" + "x" * 32, name="webhooks_ab")
+    try:
+        api.wait_ready()
+        from cli import _with_app_engine
+        import config
+        from models import accounts
+
+        settings = config.load({"DATABASE_URL": url, "APP_ENV": "test"}, serving=False)
+        orgs = {}
+        for name in ("A", "B"):
+            email = f"bench-{name.lower()}-{os.getpid()}@example.com"
+            ids = _with_app_engine(settings, url, lambda: accounts.create_organization(
+                name=f"Webhook bench {name}", branch_name="Main", admin_email=email,
+                admin_password="bench password 123"))
+            orgs[name] = (login(api.base, email, "bench password 123"), ids["branch_id"])
+        token_b = orgs["B"][0]
+        subscribed = httpx.post(api.base + "/webhooks", json={"url": receiver.url, "events": ["patient.created"]},
+                                headers={"Authorization": f"Bearer {token_b}"})
+        assert subscribed.status_code == 201, subscribed.text
+        print(f"database: {where}; {opts.workers} API workers + 1 delivery worker; "
+              f"{connections} connections, {duration} s per run, {rounds} rounds")
+        runs: dict[str, list[float]] = {"A": [], "B": []}
+        created_in_b = 0
+        for number in range(rounds):
+            for name in ("A", "B") if number % 2 == 0 else ("B", "A"):
+                settle(url)
+                rate, count = create_load(api.port, *orgs[name], connections, duration)
+                runs[name].append(rate)
+                created_in_b += count if name == "B" else 0
+                print(f"  round {number + 1} {'without' if name == 'A' else 'with   '} a subscription: {rate:7.1f} creates/s")
+        deadline = time.monotonic() + 120
+        while receiver.count < created_in_b and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        delivered = receiver.count
+        latencies = []
+        with httpx.Client(headers={"Authorization": f"Bearer {token_b}"}) as client:
+            for _ in range(samples):
+                created = client.post(api.base + "/patients", json={"branch_id": orgs["B"][1], "name": "Latency"})
+                answered = time.monotonic()
+                patient_id = created.json()["data"]["id"]
+                while patient_id not in receiver.arrivals and time.monotonic() < answered + 10:
+                    time.sleep(0.001)
+                latencies.append(receiver.arrivals.get(patient_id, float("inf")) - answered)
+        a, b = statistics.median(runs["A"]), statistics.median(runs["B"])
+        latencies.sort()
+        print(f"median creates/s without: {a:.1f}, with one subscription: {b:.1f}, ratio {b / a:.3f}")
+        print(f"events received for B's {created_in_b} creates: {delivered}")
+        print(f"create answer to delivery, {samples} sequential creates: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+              f"p90 {latencies[int(len(latencies) * 0.9)] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+        print("BENCH_RESULT " + json.dumps({"without": runs["A"], "with": runs["B"], "ratio": round(b / a, 3),
+                                            "latency_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+                                            "creates_in_b": created_in_b, "events_received": delivered}))
+        return 0
+    finally:
+        api.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
