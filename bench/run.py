@@ -262,7 +262,7 @@ def _is_delivery_worker(process: Path) -> bool:
         return False
 
 
-def start_api(url: str, opts: Options, secret: str, name: str = "api") -> Server:
+def start_api(url: str, opts: Options, secret: str, name: str = "api", extra_env: dict | None = None) -> Server:
     port = free_port()
     env = dict(os.environ)
     env.update({
@@ -270,6 +270,7 @@ def start_api(url: str, opts: Options, secret: str, name: str = "api") -> Server
         "PORT": str(port), "RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING",
         "WEB_CONCURRENCY": str(opts.workers),
     })
+    env.update(extra_env or {})
     return Server(name, [str(BIN / "clinic-api"), "serve"], env, port, opts.workers)
 
 
