@@ -128,27 +128,32 @@ def cmd_serve(settings, _args) -> int:
 
 def cmd_worker(settings, args) -> int:
     """Deliver webhooks until SIGTERM (several may run at once, on any host)."""
-    import worker
     from middleware import observability
 
     url = _database_url(settings)
-    config.use(settings)
     observability.configure_logging(settings.log_level)
     settings = settings.with_overrides(db_pool_size=settings.webhook_worker_threads, db_max_overflow=1)
-    pools = database.create_pools(url, settings)
-    database.install(pools)
-    deliveries = worker.DeliveryWorker(pools.writer, settings, listen_url=settings.database_listen_url or url).start()
+    _with_app_engine(settings, url, lambda: _deliver_until_stopped(settings, url, args.parent_pid))
+    return 0
+
+
+def _deliver_until_stopped(settings, url, parent_pid) -> None:
+    import state
+    import worker
+
+    # Delivery threads start with no bound state (a new thread's context is empty): they are
+    # handed the settings and the engine.
+    deliveries = worker.DeliveryWorker(state.current().pools.writer, settings,
+                                       listen_url=settings.database_listen_url or url).start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     log.info("webhook worker started")
     # Started by serve or run: stop when that process is gone, even if it was killed.
     while not stop.wait(1.0):
-        if args.parent_pid and os.getppid() != args.parent_pid:
+        if parent_pid and os.getppid() != parent_pid:
             break
     deliveries.close()
-    pools.dispose()
-    return 0
 
 
 def _start_worker(settings, url):

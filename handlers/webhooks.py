@@ -1,12 +1,19 @@
 """Webhook subscriptions, their delivery log, retries and pings (models/webhooks.py)."""
 import flask
 
-from handlers import crud_operations, if_match, listed, ok, one
+from handlers import delete_in, if_match, list_of, ok, one, one_of
 from middleware.tenancy import current_caller
 from models import webhooks
-from models.resources import WEBHOOKS
 
-list_webhooks, get_webhook, _create, _update, delete_webhook = crud_operations(WEBHOOKS)
+
+def list_webhooks(**params):
+    """One page of the organization's subscriptions, newest first (never their secrets)."""
+    return list_of("webhook", **params)
+
+
+def get_webhook(id_: str):
+    """One subscription (never its secret)."""
+    return one_of("webhook", id_)
 
 
 def create_webhook(body: dict):
@@ -22,10 +29,14 @@ def update_webhook(id_: str, body: dict):
     return one(webhooks.change(current_caller(), id_, body, expect=if_match()))
 
 
+def delete_webhook(id_: str):
+    """Unsubscribe: soft-delete the subscription; nothing more is delivered to it."""
+    return delete_in("webhook", id_)
+
+
 def list_webhook_deliveries(id_: str, page: int = 1, page_size: int = 20, status: str | None = None):
     """The subscription's delivery log, newest first."""
-    return listed(webhooks.deliveries(current_caller(), id_, page=page, page_size=page_size, status=status),
-                  page, page_size)
+    return list_of("webhook_delivery", page=page, page_size=page_size, parent_id=id_, status=status)
 
 
 def retry_webhook_delivery(id_: str, delivery_id: str):

@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 import config
+import state
 from errors import ApiError
 from models import audit, crud, events
 from models.tenancy import Caller, scoped
 from models.database import current_engine
-from models.resources import WEBHOOK_DELIVERIES, WEBHOOKS
 from models.tables import outbox_event, webhook_delivery, webhook_subscription
 
 
@@ -75,11 +75,16 @@ def safe_addresses(url: str, settings: config.Settings | None = None) -> list[st
 
 # --- the subscription endpoints -----------------------------------------------------------------
 
+def _subscriptions() -> crud.Resource:
+    """The subscriptions' descriptor as the app completed it from the spec."""
+    return state.current().resources["webhook"]
+
+
 def subscribe(caller: Caller, body: Mapping[str, Any]) -> dict:
     """A new subscription, with its signing secret (shown only in this answer)."""
     safe_addresses(body["url"])
     secret = body.get("secret") or new_secret()
-    created = crud.create_row(WEBHOOKS, caller, {**body, "secret": secret})
+    created = crud.create_row(_subscriptions(), caller, {**body, "secret": secret})
     return {**created, "secret": secret}
 
 
@@ -91,14 +96,8 @@ def change(caller: Caller, subscription_id: str, body: Mapping[str, Any], *,
         body["secret"] = new_secret()
     if "url" in body:
         safe_addresses(body["url"])
-    changed = crud.update_row(WEBHOOKS, caller, subscription_id, body, expect=expect)
+    changed = crud.update_row(_subscriptions(), caller, subscription_id, body, expect=expect)
     return {**changed, "secret": body["secret"]} if "secret" in body else changed
-
-
-def deliveries(caller: Caller, subscription_id: str, *, page: int, page_size: int, status: str | None) -> dict:
-    """One page of a subscription's deliveries, newest first."""
-    return crud.list_rows(WEBHOOK_DELIVERIES, caller, page=page, page_size=page_size,
-                          filters={"status": status}, parent_id=subscription_id)
 
 
 def _live_subscription(conn, caller: Caller, subscription_id: str) -> Mapping[str, Any]:

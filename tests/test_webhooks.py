@@ -4,7 +4,6 @@ this process, or ``clinic-api worker`` processes), every signature checked with 
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import signal
 import statistics
@@ -169,16 +168,17 @@ def test_full_events_carry_the_record_and_the_changed_fields(client, org_a, rece
     assert deleted["type"] == "patient.deleted" and deleted["data"]["record"]["deleted_at"] is not None
 
 
-def test_a_rolled_back_change_never_arrives(client, engine, org_a, receiver, delivery_worker):
+def test_a_rolled_back_change_never_arrives(app, client, engine, org_a, receiver, delivery_worker):
     from models import crud
     from models.tenancy import Caller
-    from models.resources import PATIENTS
+
+    patients = app.state.resources["patient"]
 
     hook = subscribe(client, org_a, receiver.url)
     caller = Caller(user_id=org_a.admin_id, org_id=org_a.org_id, scopes=frozenset())
     with engine.connect() as conn:
         transaction = conn.begin()
-        ghost = crud._insert_audited(conn, PATIENTS, caller, {"branch_id": org_a.branch_id, "name": "Ghost"})
+        ghost = crud._insert_audited(conn, patients, caller, {"branch_id": org_a.branch_id, "name": "Ghost"})
         written = conn.execute(sa.text("SELECT count(*) FROM outbox_event WHERE resource_id = :id"),
                                {"id": ghost["id"]}).scalar_one()
         assert written == 1  # the outbox row is part of the change...
