@@ -162,7 +162,7 @@ def _start_worker(settings, url):
         return None
     command = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main(sys.argv[1:]))",
                "worker", "--parent-pid", str(os.getpid())]
-    return subprocess.Popen(command, env={**os.environ, "DATABASE_URL": url})
+    return subprocess.Popen(command, env=config.child_environment(DATABASE_URL=url))
 
 
 def _serve(settings, url) -> None:

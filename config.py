@@ -286,6 +286,12 @@ def share_metrics_between_workers(settings: Settings) -> Settings:
     return replace(settings, prometheus_multiproc_dir=str(path))
 
 
+def child_environment(**overrides: str) -> dict[str, str]:
+    """The environment a process started by the command line (the webhook worker) runs with:
+    this one's, with ``overrides``."""
+    return {**os.environ, **overrides}
+
+
 def contract_random(env=None) -> bool:
     """``make fuzz`` explores new examples each run; ``make test`` replays the same ones."""
     env = os.environ if env is None else env
