@@ -65,7 +65,8 @@ def main() -> int:
 
     settings = config.load({"APP_ENV": "test", "JWT_SECRET": "x" * 48, "RATE_LIMIT_ENABLED": "false",
                             "LOG_LEVEL": "WARNING", "BCRYPT_ROUNDS": "4"})
-    client = create_app(settings, database_url=url).test_client()
+    app = create_app(settings, database_url=url)
+    client = app.test_client()
     login = client.post("/auth/login", json={"email": "admin@org1.bench.example", "password": "bench-password"})
     headers = {"Authorization": f"Bearer {login.json()['data']['access_token']}"}
     scenarios = {
@@ -104,7 +105,7 @@ def main() -> int:
         wall_on = statistics.median(times[(scenario, True)]) * 1000
         print(f"{'':18s} wall median {wall_off:.3f} ms -> {wall_on:.3f} ms")
     probe.dispose()
-    database.current_pools().dispose()
+    app.state.pools.dispose()
     database.drop_database(server, name)
     return 0
 

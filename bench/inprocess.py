@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import config  # noqa: E402
+import state  # noqa: E402
 from models import database  # noqa: E402
 
 PASSWORD = "bench-password-123"
@@ -33,7 +34,6 @@ def main(scenario: str, count: int) -> None:
         database.migrate(url)
         run(url, scenario, count)
     finally:
-        database.current_pools().dispose()
         database.drop_database(server, name)
 
 
@@ -44,6 +44,7 @@ def run(url: str, scenario: str, count: int) -> None:
     settings = config.load({"APP_ENV": "test", "JWT_SECRET": "x" * 48, "BCRYPT_ROUNDS": "4",
                             "RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING"})
     app = create_app(settings, database_url=url)
+    state.bind(app.state)  # the organization below is made outside a request
     ids = accounts.create_organization(name="Bench", branch_name="Main", admin_email="bench@example.com",
                                        admin_password=PASSWORD)
     with app.test_client() as client:

@@ -344,7 +344,7 @@ def count_statements(url: str, api_env: dict, token: str, seeded, contexts: dict
     settings = config.load(api_env)
     app = create_app(settings, database_url=app_url)
     executed: list[str] = []
-    pools = database.current_pools()
+    pools = app.state.pools
     for engine in (pools.writer, pools.reader):
         sa.event.listen(engine, "before_cursor_execute",
                         lambda conn, cursor, statement, *rest: executed.append(statement))
