@@ -327,7 +327,6 @@ def count_statements(url: str, api_env: dict, token: str, seeded, contexts: dict
     import baseline
     import config
     from app import create_app
-    from models import database
     from wirecount import WireCounter
 
     counter, app_url = None, url
