@@ -19,7 +19,7 @@ from middleware import adapter, errors, observability, telemetry
 from middleware.ratelimit import RateLimits
 from middleware.http import Edge
 from middleware.routes import RouteTable
-from models import contract, credentials, database, resources
+from models import contract, credentials, database, resources, signing
 from state import AppState
 
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
@@ -41,7 +41,8 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
     check_handlers(document)
     url = database_url or database.resolve_url(settings)
     app_state = AppState(settings=settings, pools=database.create_pools(url, settings),
-                         limits=RateLimits(settings), dummy_password_hash=credentials.dummy_hash(settings),
+                         limits=RateLimits(settings), keys=signing.load(settings),
+                         dummy_password_hash=credentials.dummy_hash(settings),
                          resources=contract.derive(document, resources.ALL))
     telemetry.configure(settings, [app_state.pools.writer, app_state.pools.reader])
 

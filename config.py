@@ -6,7 +6,6 @@ base touches ``os.environ``. The README's configuration table mirrors this modul
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -63,7 +62,10 @@ class Settings:
     db_lock_timeout_ms: int = 2000
     db_idle_in_transaction_timeout_ms: int = 10000
     db_connect_timeout_s: int = 3
-    jwt_secret: str = ""
+    # The PEM private key access tokens are signed with (ES256); development: DATA_DIR's, generated.
+    jwt_signing_key_file: Path | None = None
+    # Keys that verify but never sign (PEM, private or public): the previous key during a rotation.
+    jwt_verification_key_files: tuple[str, ...] = ()
     jwt_issuer: str = "clinic-api"
     jwt_audience: str = "clinic-api"
     access_token_ttl_s: int = 900
@@ -127,7 +129,7 @@ def load(env=None, *, serving: bool = True) -> Settings:
     """Read the settings from the environment (or the given mapping) and check them.
 
     ``serving=False`` is for commands that issue no tokens (migrate, rollback, create-org): they
-    do not need JWT_SECRET.
+    do not need JWT_SIGNING_KEY_FILE.
     """
     env = os.environ if env is None else env
     defaults = Settings()
@@ -146,7 +148,8 @@ def load(env=None, *, serving: bool = True) -> Settings:
             "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", defaults.db_idle_in_transaction_timeout_ms, env
         ),
         db_connect_timeout_s=_int("DB_CONNECT_TIMEOUT_S", defaults.db_connect_timeout_s, env),
-        jwt_secret=env.get("JWT_SECRET", ""),
+        jwt_signing_key_file=Path(env["JWT_SIGNING_KEY_FILE"]) if env.get("JWT_SIGNING_KEY_FILE") else None,
+        jwt_verification_key_files=_list("JWT_VERIFICATION_KEY_FILES", env),
         jwt_issuer=env.get("JWT_ISSUER", defaults.jwt_issuer),
         jwt_audience=env.get("JWT_AUDIENCE", defaults.jwt_audience),
         access_token_ttl_s=_int("ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_s, env),
@@ -191,21 +194,12 @@ def load(env=None, *, serving: bool = True) -> Settings:
         webhook_worker_threads=_int("WEBHOOK_WORKER_THREADS", defaults.webhook_worker_threads, env),
         webhook_worker=_bool("WEBHOOK_WORKER", defaults.webhook_worker, env),
     )
-    if settings.is_development and not settings.jwt_secret:
-        settings = replace(settings, jwt_secret=_local_secret(settings.data_dir))
+    if settings.is_development and settings.jwt_signing_key_file is None:
+        # Generated there on first use (models/signing.py), so tokens survive restarts and every
+        # worker signs with the same key.
+        settings = replace(settings, jwt_signing_key_file=settings.data_dir / "jwt_signing_key.pem")
     check(settings, serving=serving)
     return settings
-
-
-def _local_secret(data_dir: Path) -> str:
-    """Development only: a signing key generated once and kept in the data folder, so tokens
-    survive restarts and are shared by every worker."""
-    path = data_dir / "jwt_secret"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(48))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def current() -> Settings:
@@ -217,10 +211,10 @@ def current() -> Settings:
 
 def check(settings: Settings, *, serving: bool = True) -> None:
     """Refuse to start with settings that would be unsafe or meaningless."""
-    if serving and not settings.is_development and len(settings.jwt_secret) < 32:
-        raise ConfigError(
-            "JWT_SECRET must be set to at least 32 characters when APP_ENV is not development"
-        )
+    if serving and settings.jwt_signing_key_file is None:
+        raise ConfigError("JWT_SIGNING_KEY_FILE must name the PEM private key access tokens are signed with "
+                          "when APP_ENV is not development (`clinic-api generate-key PATH` writes one; "
+                          "JWT_SECRET and HS256 are no longer used)")
     if not 4 <= settings.bcrypt_rounds <= 31:
         raise ConfigError("BCRYPT_ROUNDS must be between 4 and 31")
     if not 1 <= settings.appointment_default_minutes <= 1440:

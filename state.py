@@ -24,6 +24,7 @@ class AppState:
     settings: "Settings"
     pools: Any = None  # models.database.Pools
     limits: Any = None  # middleware.ratelimit.RateLimits
+    keys: Any = None  # models.signing.Keyring: the key that signs access tokens, those that verify
     # Each resource's descriptor as completed from the spec (models/contract.py), by name.
     resources: dict = field(default_factory=dict)
     # bcrypt hash checked when a login names no account, so both paths cost one bcrypt check.

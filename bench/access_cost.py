@@ -63,7 +63,7 @@ def main() -> int:
 
     from app import create_app
 
-    settings = config.load({"APP_ENV": "test", "JWT_SECRET": "x" * 48, "RATE_LIMIT_ENABLED": "false",
+    settings = config.load({"APP_ENV": "test", "RATE_LIMIT_ENABLED": "false",
                             "LOG_LEVEL": "WARNING", "BCRYPT_ROUNDS": "4"})
     app = create_app(settings, database_url=url)
     client = app.test_client()

@@ -41,7 +41,7 @@ def run(url: str, scenario: str, count: int) -> None:
     from app import create_app
     from models import accounts
 
-    settings = config.load({"APP_ENV": "test", "JWT_SECRET": "x" * 48, "BCRYPT_ROUNDS": "4",
+    settings = config.load({"APP_ENV": "test", "BCRYPT_ROUNDS": "4",
                             "RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING"})
     app = create_app(settings, database_url=url)
     state.bind(app.state)  # the organization below is made outside a request

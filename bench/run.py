@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import os
 import platform
-import secrets
+import tempfile
 import shutil
 import signal
 import socket
@@ -262,11 +262,20 @@ def _is_delivery_worker(process: Path) -> bool:
         return False
 
 
-def start_api(url: str, opts: Options, secret: str, name: str = "api", extra_env: dict | None = None) -> Server:
+def signing_key_file() -> str:
+    """A fresh ES256 signing key for the bench's servers, in a folder of its own."""
+    from models import signing
+
+    path = Path(tempfile.mkdtemp(prefix="clinic-bench-key-")) / "signing.pem"
+    signing.generate(path)
+    return str(path)
+
+
+def start_api(url: str, opts: Options, key_file: str, name: str = "api", extra_env: dict | None = None) -> Server:
     port = free_port()
     env = dict(os.environ)
     env.update({
-        "DATABASE_URL": url, "APP_ENV": "production", "JWT_SECRET": secret, "HOST": "127.0.0.1",
+        "DATABASE_URL": url, "APP_ENV": "production", "JWT_SIGNING_KEY_FILE": key_file, "HOST": "127.0.0.1",
         "PORT": str(port), "RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING",
         "WEB_CONCURRENCY": str(opts.workers),
     })
@@ -462,13 +471,13 @@ def measure_page_cost(opts: Options, scenario: Scenario, base: str, env: dict, m
 SCALED = ("list_patients", "search_common", "search_rare")
 
 
-def scale_check(opts: Options, chosen: list[Scenario], rows: list[dict], secret: str) -> dict:
+def scale_check(opts: Options, chosen: list[Scenario], rows: list[dict], key_file: str) -> dict:
     """List and search latency (unloaded) on a second database of ``scale_patients`` patients,
     next to the same figures of the main run: growth should not cost more than 2x."""
     url, _ = prepare_database("_small")
     seeded = seeding.seed(url, patients=opts.scale_patients, log=lambda *_: None)
     per_org = seeded.patients // seeding.ORGS
-    server = start_api(url, opts, secret, name="api-small")
+    server = start_api(url, opts, key_file, name="api-small")
     out = {}
     try:
         server.wait_ready()
@@ -605,8 +614,8 @@ def main() -> int:
                                           term=scenario.term or "")
 
     # 3-4. servers
-    secret = secrets.token_urlsafe(36)  # 48 characters
-    api = start_api(url, opts, secret)
+    key_file = signing_key_file()
+    api = start_api(url, opts, key_file)
     base = start_baseline(url, opts, seeded.org_id)
     rows: list[dict] = []
     api_memory: list[dict] = []
@@ -631,7 +640,7 @@ def main() -> int:
 
         # 6. statements per request, before the load (it doubles as a functional check)
         started = time.monotonic()
-        api_env = dict(os.environ, DATABASE_URL=url, APP_ENV="production", JWT_SECRET=secret,
+        api_env = dict(os.environ, DATABASE_URL=url, APP_ENV="production", JWT_SIGNING_KEY_FILE=key_file,
                        RATE_LIMIT_ENABLED="false", LOG_LEVEL="WARNING")
         sql = count_statements(url, api_env, token, seeded, contexts, chosen, opts.samples)
         log(f"counted SQL per request over {opts.samples} in-process requests per scenario "
@@ -674,7 +683,7 @@ def main() -> int:
     scale = None
     if opts.scale_patients and opts.patients > opts.scale_patients:
         log(f"scale check: list and search on a second database of {opts.scale_patients:,} patients")
-        scale = scale_check(opts, chosen, rows, secret)
+        scale = scale_check(opts, chosen, rows, key_file)
 
     for r in rows:
         if r["target"] == "api":

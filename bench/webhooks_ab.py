@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from run import login, prepare_database, settle, start_api  # noqa: E402
+from run import login, prepare_database, settle, signing_key_file, start_api  # noqa: E402
 
 
 def _int_env(name: str, default: int) -> int:
@@ -127,7 +127,7 @@ def main() -> int:
     url, where = prepare_database("_webhooks")
     receiver = Receiver()
     opts = type("Options", (), {"workers": _int_env("BENCH_WORKERS", os.cpu_count() or 1)})()
-    api = start_api(url, opts, "webhook-bench-secret-" + "x" * 32, name="webhooks_ab",
+    api = start_api(url, opts, signing_key_file(), name="webhooks_ab",
                     # the receiver is plain http on loopback
                     extra_env={"APP_ENV": "development", "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"})
     try:

@@ -1,6 +1,7 @@
 """Login, token refresh, logout and the caller's own profile."""
 import flask
 
+import state
 from errors import ApiError
 from handlers import JSONIFIER, no_content, ok
 from middleware import auth, ratelimit
@@ -60,3 +61,9 @@ def get_current_user():
     """The authenticated staff member with their roles and scopes."""
     caller = current_caller()
     return ok(accounts.me(caller.org_id, caller.user_id))
+
+
+def get_json_web_key_set():
+    """The public keys that verify access tokens, for other services (RFC 7517, no envelope)."""
+    return flask.Response(JSONIFIER.dumps(state.current().keys.jwks()), status=200,
+                          content_type="application/json", headers={"Cache-Control": "public, max-age=300"})

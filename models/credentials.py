@@ -16,8 +16,7 @@ import config
 import state
 from config import Settings
 from errors import ApiError
-
-ALGORITHM = "HS256"
+from models.signing import ALGORITHM
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it
 
@@ -42,7 +41,8 @@ def issue_access_token(*, staff_id: str, org_id: str, roles: list[str], scopes: 
         "iss": conf.jwt_issuer,
         "aud": conf.jwt_audience,
     }
-    return jwt.encode(claims, conf.jwt_secret, algorithm=ALGORITHM)
+    signing = state.current().keys.signing
+    return jwt.encode(claims, signing.private, algorithm=ALGORITHM, headers={"kid": signing.kid})
 
 
 def decode_access_token(token: str) -> dict:
@@ -52,7 +52,7 @@ def decode_access_token(token: str) -> dict:
     try:
         claims = jwt.decode(
             token,
-            conf.jwt_secret,
+            _verifying_key(token),
             algorithms=[ALGORITHM],  # pinned: 'none' and algorithm confusion are refused
             audience=conf.jwt_audience,
             issuer=conf.jwt_issuer,
@@ -68,6 +68,14 @@ def decode_access_token(token: str) -> dict:
         # A genuine token that names no organization: its bearer is known, but nothing here is theirs.
         raise ApiError("ORG_CONTEXT_REQUIRED")
     return claims
+
+
+def _verifying_key(token: str):
+    """The public key the token's ``kid`` names: the signing key, or one kept for verification."""
+    key = state.current().keys.verifying.get(jwt.get_unverified_header(token).get("kid"))
+    if key is None:
+        raise jwt.InvalidKeyError("the token names no key of this server")
+    return key.public
 
 
 def new_refresh_token() -> tuple[str, str]:

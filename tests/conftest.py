@@ -6,17 +6,27 @@ API is scoped to an organization, so no reset between tests is needed.
 """
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 import config
-from models import database
+from models import database, signing
+
+# The session's signing key, made for this run (the servers tests spawn read the same file).
+_KEY_FOLDER = Path(tempfile.mkdtemp(prefix="clinic-test-keys-"))
+atexit.register(shutil.rmtree, _KEY_FOLDER, True)
+TEST_SIGNING_KEY = _KEY_FOLDER / "signing.pem"
+signing.generate(TEST_SIGNING_KEY)
 
 TEST_ENV = {
     "APP_ENV": "test",
-    "JWT_SECRET": "test-secret-that-is-long-enough-for-hs256-0123456789",
+    "JWT_SIGNING_KEY_FILE": str(TEST_SIGNING_KEY),
     "BCRYPT_ROUNDS": "4",
     "VALIDATE_RESPONSES": "true",
     "RATE_LIMIT_ENABLED": "false",
@@ -24,6 +34,16 @@ TEST_ENV = {
     "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
 }
 PASSWORD = "correct horse battery"
+
+
+def sign_token(claims: dict, key=None, *, kid: str | None = None) -> str:
+    """An ES256 token over ``claims``, signed with the session's key (or ``key``) and naming it."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+
+    key = key or serialization.load_pem_private_key(TEST_SIGNING_KEY.read_bytes(), password=None)
+    return jwt.encode(claims, key, algorithm=signing.ALGORITHM,
+                      headers={"kid": kid or signing.kid_of(key.public_key())})
 
 
 def _server_url(tmp_root) -> str:

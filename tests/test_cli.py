@@ -46,12 +46,51 @@ def test_create_org_refuses_a_taken_email_and_a_short_password(database_url, org
     assert short.returncode != 0 and "8 to 72" in short.stderr
 
 
-def test_migrate_is_idempotent_and_needs_no_jwt_secret(database_url):
-    done = run_cli(["migrate"], database_url, extra_env={"JWT_SECRET": ""})
+def test_migrate_is_idempotent_and_needs_no_signing_key(database_url):
+    done = run_cli(["migrate"], database_url, extra_env={"JWT_SIGNING_KEY_FILE": ""})
     assert done.returncode == 0, done.stderr
     assert "applied 0 migration(s)" in done.stdout
 
 
-def test_serve_refuses_to_start_without_a_jwt_secret_in_production(database_url):
-    done = run_cli(["serve"], database_url, extra_env={"JWT_SECRET": ""})
-    assert done.returncode == 2 and "JWT_SECRET" in done.stderr
+def test_serve_refuses_to_start_without_a_signing_key_in_production(database_url, tmp_path):
+    done = run_cli(["serve"], database_url, extra_env={"JWT_SIGNING_KEY_FILE": ""})
+    assert done.returncode == 2 and "JWT_SIGNING_KEY_FILE" in done.stderr
+    not_a_key = tmp_path / "secret.txt"
+    not_a_key.write_text("an HS256 secret of old, not a key")
+    done = run_cli(["serve"], database_url, extra_env={"JWT_SIGNING_KEY_FILE": str(not_a_key)})
+    assert done.returncode == 2 and "JWT_SIGNING_KEY_FILE" in done.stderr and "PEM" in done.stderr
+
+
+def test_generate_key_writes_a_private_key_once(tmp_path):
+    path = tmp_path / "keys" / "signing.pem"
+    done = run_cli(["generate-key", str(path)], "postgresql://unused")
+    assert done.returncode == 0, done.stderr
+    written = json.loads(done.stdout)
+    assert written["path"] == str(path) and len(written["kid"]) == 43  # SHA-256, base64url
+    first = path.read_bytes()
+    assert path.stat().st_mode & 0o777 == 0o600 and b"PRIVATE KEY" in first
+    again = run_cli(["generate-key", str(path)], "postgresql://unused")
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+    assert path.read_bytes() == first
+
+
+def test_serve_in_development_makes_one_key_in_the_data_folder_for_every_worker(database_url, tmp_path):
+    """What `make run` relies on: no key configured, one made in DATA_DIR before the workers fork."""
+    import httpx
+    from cryptography.hazmat.primitives import serialization
+
+    from models import signing
+    from tests.conftest import spawn_server
+
+    process, base = spawn_server(database_url, production=True, APP_ENV="development", JWT_SIGNING_KEY_FILE="",
+                                 DATA_DIR=str(tmp_path), WEB_CONCURRENCY="2", WEBHOOK_WORKER="false")
+    try:
+        # New connections reach both workers; each serves the one key of the data folder.
+        served = {tuple(k["kid"] for k in httpx.get(f"{base}/.well-known/jwks.json").json()["keys"])
+                  for _ in range(8)}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    key = serialization.load_pem_private_key((tmp_path / "jwt_signing_key.pem").read_bytes(), password=None)
+    assert served == {(signing.kid_of(key.public_key()),)}
+    assert (tmp_path / "jwt_signing_key.pem").stat().st_mode & 0o777 == 0o600

@@ -3,10 +3,10 @@ import pytest
 
 import config
 
-PRODUCTION = {"APP_ENV": "production", "JWT_SECRET": "s" * 40}
+PRODUCTION = {"APP_ENV": "production", "JWT_SIGNING_KEY_FILE": "/etc/clinic-api/signing.pem"}
 
 
-def test_defaults_hold_without_any_variable_but_the_secret():
+def test_defaults_hold_without_any_variable_but_the_signing_key():
     settings = config.load(PRODUCTION)
     assert (settings.rate_limit_default, settings.access_token_ttl_s, settings.bcrypt_rounds) == ("100/minute", 900, 12)
     assert settings.trusted_proxies == () and settings.database_url is None
@@ -19,10 +19,14 @@ def test_a_malformed_setting_refuses_to_start_naming_it(name, value):
         config.load({**PRODUCTION, name: value})
 
 
-def test_production_needs_a_real_secret():
-    with pytest.raises(config.ConfigError, match="JWT_SECRET"):
-        config.load({"APP_ENV": "production", "JWT_SECRET": "short"})
-    assert config.load({"APP_ENV": "production"}, serving=False).jwt_secret == ""
+def test_production_needs_a_signing_key_and_development_keeps_one_in_the_data_folder(tmp_path):
+    with pytest.raises(config.ConfigError, match="JWT_SIGNING_KEY_FILE"):
+        config.load({"APP_ENV": "production", "JWT_SECRET": "s" * 40})  # the old HS256 secret no longer does
+    assert config.load({"APP_ENV": "production"}, serving=False).jwt_signing_key_file is None
+    development = config.load({"APP_ENV": "development", "DATA_DIR": str(tmp_path)})
+    assert development.jwt_signing_key_file == tmp_path / "jwt_signing_key.pem"
+    listed = config.load({**PRODUCTION, "JWT_VERIFICATION_KEY_FILES": "/old.pem, /next.pem"})
+    assert listed.jwt_verification_key_files == ("/old.pem", "/next.pem")
 
 
 def test_lists_and_booleans_are_parsed():

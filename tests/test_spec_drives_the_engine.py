@@ -72,7 +72,7 @@ from models import accounts, database
 
 url = sys.argv[1]
 database.migrate(url)
-settings = config.load({"APP_ENV": "test", "JWT_SECRET": "x" * 48, "BCRYPT_ROUNDS": "4",
+settings = config.load({"APP_ENV": "test", "BCRYPT_ROUNDS": "4",
                         "RATE_LIMIT_ENABLED": "false", "VALIDATE_RESPONSES": "true", "LOG_LEVEL": "WARNING"})
 app = create_app(settings, database_url=url)
 state.bind(app.state)

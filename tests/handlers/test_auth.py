@@ -1,11 +1,18 @@
 """Login, refresh rotation, reuse detection, logout and token checks."""
+import base64
+import hashlib
+import hmac
+import json
 import time
 
 import jwt
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import PASSWORD, error_of
+from models import signing
+from tests.conftest import PASSWORD, TEST_SIGNING_KEY, error_of, sign_token
 
 
 def login(client, email, password=PASSWORD):
@@ -21,8 +28,14 @@ def test_login_returns_tokens_and_the_user_without_secrets(client, org_a):
     assert "password_hash" not in data["user"] and "password" not in data["user"]
 
 
+def _test_public_key():
+    return serialization.load_pem_private_key(TEST_SIGNING_KEY.read_bytes(), password=None).public_key()
+
+
 def test_access_token_claims(client, org_a, settings):
-    claims = jwt.decode(org_a.access_token, settings.jwt_secret, algorithms=["HS256"],
+    header = jwt.get_unverified_header(org_a.access_token)
+    assert header["alg"] == "ES256" and header["kid"] == signing.kid_of(_test_public_key())
+    claims = jwt.decode(org_a.access_token, _test_public_key(), algorithms=["ES256"],
                         audience=settings.jwt_audience)
     assert claims["sub"] == org_a.admin_id and claims["org_id"] == org_a.org_id
     assert claims["roles"] == ["admin"]
@@ -124,26 +137,44 @@ def _forge(settings, org, **changes):
     return {k: v for k, v in claims.items() if v is not None}
 
 
-@pytest.mark.parametrize("case", ["expired", "wrong_key", "alg_none", "tampered", "no_exp",
-                                  "wrong_audience", "wrong_issuer", "garbage", "basic_scheme"])
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _hs256_with_the_public_key(claims: dict) -> str:
+    """Algorithm confusion: an HMAC keyed with the server's public key (which anyone has)."""
+    kid = signing.kid_of(_test_public_key())
+    public_pem = _test_public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    signed = f"{_b64(json.dumps({'alg': 'HS256', 'typ': 'JWT', 'kid': kid}).encode())}.{_b64(json.dumps(claims).encode())}"
+    return f"{signed}.{_b64(hmac.new(public_pem, signed.encode(), hashlib.sha256).digest())}"
+
+
+@pytest.mark.parametrize("case", ["expired", "wrong_key", "unknown_kid", "alg_none", "hs256_public_key", "tampered",
+                                  "no_exp", "wrong_audience", "wrong_issuer", "garbage", "basic_scheme"])
 def test_bad_access_tokens_are_401_with_www_authenticate(client, org_a, settings, case):
-    secret = settings.jwt_secret
+    stranger = ec.generate_private_key(ec.SECP256R1())
     if case == "expired":
-        token = jwt.encode(_forge(settings, org_a, exp=int(time.time()) - 10), secret, algorithm="HS256")
-    elif case == "wrong_key":
-        token = jwt.encode(_forge(settings, org_a), "another-secret-another-secret-another", algorithm="HS256")
+        token = sign_token(_forge(settings, org_a, exp=int(time.time()) - 10))
+    elif case == "wrong_key":  # signed by another key that claims to be ours
+        token = sign_token(_forge(settings, org_a), stranger, kid=signing.kid_of(_test_public_key()))
+    elif case == "unknown_kid":
+        token = sign_token(_forge(settings, org_a), stranger)
     elif case == "alg_none":
-        token = jwt.encode(_forge(settings, org_a), None, algorithm="none")
+        token = jwt.encode(_forge(settings, org_a), None, algorithm="none",
+                           headers={"kid": signing.kid_of(_test_public_key())})
+    elif case == "hs256_public_key":
+        token = _hs256_with_the_public_key(_forge(settings, org_a))
     elif case == "tampered":
-        good = jwt.encode(_forge(settings, org_a), secret, algorithm="HS256")
-        forged = jwt.encode(_forge(settings, org_a, scope="patients:read patients:write"), "x" * 40, algorithm="HS256")
+        good = sign_token(_forge(settings, org_a))
+        forged = sign_token(_forge(settings, org_a, scope="patients:read patients:write"), stranger)
         token = ".".join(forged.split(".")[:2] + [good.split(".")[2]])
     elif case == "no_exp":
-        token = jwt.encode(_forge(settings, org_a, exp=None), secret, algorithm="HS256")
+        token = sign_token(_forge(settings, org_a, exp=None))
     elif case == "wrong_audience":
-        token = jwt.encode(_forge(settings, org_a, aud="someone-else"), secret, algorithm="HS256")
+        token = sign_token(_forge(settings, org_a, aud="someone-else"))
     elif case == "wrong_issuer":
-        token = jwt.encode(_forge(settings, org_a, iss="someone-else"), secret, algorithm="HS256")
+        token = sign_token(_forge(settings, org_a, iss="someone-else"))
     else:
         token = "not.a.token"
     scheme = "Basic" if case == "basic_scheme" else "Bearer"
@@ -153,12 +184,18 @@ def test_bad_access_tokens_are_401_with_www_authenticate(client, org_a, settings
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+def test_a_token_the_session_key_signs_is_accepted(client, org_a, settings):
+    """The forgeries above fail for their flaw alone: the same claims, properly signed, pass."""
+    response = client.get("/patients", headers={"Authorization": f"Bearer {sign_token(_forge(settings, org_a))}"})
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize("org_id", [None, ""])
 def test_a_token_without_an_organization_is_403(client, org_a, settings, org_id):
     claims = {**_forge(settings, org_a), "org_id": org_id}
     if org_id is None:
         del claims["org_id"]
-    token = jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+    token = sign_token(claims)
     response = client.get("/patients", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 403 and error_of(response)["code"] == "ORG_CONTEXT_REQUIRED"
 

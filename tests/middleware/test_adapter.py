@@ -14,7 +14,7 @@ from tests.conftest import error_of
 @pytest.mark.parametrize("value", ["-1", "65", "two"])
 def test_request_threads_out_of_range_refuse_to_start(value):
     with pytest.raises(config.ConfigError, match="REQUEST_THREADS"):
-        config.load({"APP_ENV": "production", "JWT_SECRET": "s" * 40, "REQUEST_THREADS": value})
+        config.load({"APP_ENV": "production", "JWT_SIGNING_KEY_FILE": "/k.pem", "REQUEST_THREADS": value})
 
 
 def test_handler_threads_serve_the_same_answers(app_with, make_org):
