@@ -245,7 +245,8 @@ def spawn_server(database_url: str, *, production: bool = False, stderr=None, **
     process = subprocess.Popen(command, env=env, cwd=str(config.ROOT), stdout=subprocess.DEVNULL,
                                stderr=stderr if stderr is not None else subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    # Importing the app takes a few seconds alone and several times that on a loaded machine.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/health").status_code == 200:
