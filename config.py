@@ -79,7 +79,10 @@ class Settings:
     log_level: str = "INFO"
     rate_limit_default: str = "100/minute"
     rate_limit_login: str = "10/minute"
+    # Failed logins per account from one address, and per account from all addresses together
+    # (NIST SP 800-63B: at most 100); middleware/ratelimit.py says how the two keep the owner in.
     rate_limit_login_account: str = "5/15minute"
+    rate_limit_login_account_ceiling: str = "100/hour"
     rate_limit_storage_uri: str = "memory://"
     rate_limit_enabled: bool = True
     trusted_proxies: tuple[str, ...] = ()
@@ -163,6 +166,8 @@ def load(env=None, *, serving: bool = True) -> Settings:
         rate_limit_default=env.get("RATE_LIMIT_DEFAULT", defaults.rate_limit_default),
         rate_limit_login=env.get("RATE_LIMIT_LOGIN", defaults.rate_limit_login),
         rate_limit_login_account=env.get("RATE_LIMIT_LOGIN_ACCOUNT", defaults.rate_limit_login_account),
+        rate_limit_login_account_ceiling=env.get("RATE_LIMIT_LOGIN_ACCOUNT_CEILING",
+                                                 defaults.rate_limit_login_account_ceiling),
         rate_limit_storage_uri=env.get("RATE_LIMIT_STORAGE_URI", defaults.rate_limit_storage_uri),
         rate_limit_enabled=_bool("RATE_LIMIT_ENABLED", defaults.rate_limit_enabled, env),
         trusted_proxies=_list("TRUSTED_PROXIES", env),

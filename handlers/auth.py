@@ -16,15 +16,19 @@ def login(body: dict):
 
 
 def _logged_in(email: str, password: str) -> dict:
-    """The session's tokens, with the per-account throttle on failed passwords."""
-    ratelimit.check_login_account(email)
+    """The session's tokens, with the per-account throttles on failed passwords."""
+    origin = request_origin()
+    ip = origin["ip_address"]
+    ratelimit.check_login_account(email, ip, known_origin=lambda: accounts.logged_in_from(email, ip))
     try:
-        return accounts.login(email, password, request_origin())
+        tokens = accounts.login(email, password, origin)
     except ApiError as exc:
         if exc.code == "INVALID_CREDENTIALS":
-            ratelimit.record_failed_login(email)
+            ratelimit.record_failed_login(email, ip)
             LOGIN_FAILURES.inc()
         raise
+    ratelimit.record_login(email, ip)
+    return tokens
 
 
 def issue_token(body: dict):

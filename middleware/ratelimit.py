@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Callable
 
 from limits import parse
 from limits.storage import storage_from_string
@@ -38,6 +39,7 @@ class RateLimits:
         self.default = parse(settings.rate_limit_default)
         self.login = parse(settings.rate_limit_login)
         self.login_account = parse(settings.rate_limit_login_account)
+        self.login_ceiling = parse(settings.rate_limit_login_account_ceiling)
 
     def check(self, route: str, method: str, claims: dict | None, ip: str) -> tuple[bool, str, list]:
         """Count one request: (allowed, the policy that decided, the RateLimit response headers).
@@ -79,24 +81,61 @@ def _account_key(email: str) -> str:
     return email.strip().lower()
 
 
-def check_login_account(email: str) -> None:
-    """Refuse a login for an account whose failed attempts are used up, whatever the client IP."""
+def _pair_key(email: str, ip: str | None) -> str:
+    return f"{_account_key(email)} from {ip or 'unknown'}"
+
+
+def _reserve(ceiling) -> int:
+    """The last tenth of the ceiling, kept for the addresses the member logs in from."""
+    return max(1, ceiling.amount // 10)
+
+
+def check_login_account(email: str, ip: str | None, known_origin: Callable[[], bool]) -> None:
+    """Refuse a login attempt for an account whose failures are used up, before the password is checked.
+
+    Two budgets of failures, so that guessing stays bounded without a lockout anyone can cause:
+    per account and address (``RATE_LIMIT_LOGIN_ACCOUNT``), which stops each guessing address
+    and no one else; and per account over all addresses (``RATE_LIMIT_LOGIN_ACCOUNT_CEILING``,
+    NIST SP 800-63B's 100 an hour), whose last tenth only addresses the member logged in from
+    (``known_origin()``, asked only then) may use. A stranger with many addresses stops at nine
+    tenths; the owner, at home, still gets in.
+    """
     limits = state.current().limits
     if limits is None or not limits.enabled:
         return
+    pair = _pair_key(email, ip)
     try:
-        allowed = limits.limiter.test(limits.login_account, "login-account", _account_key(email))
-        reset, _ = limits.limiter.get_window_stats(limits.login_account, "login-account", _account_key(email))
+        allowed = limits.limiter.test(limits.login_account, "login-account-ip", pair)
+        reset, _ = limits.limiter.get_window_stats(limits.login_account, "login-account-ip", pair)
+        ceiling_reset, remaining = limits.limiter.get_window_stats(limits.login_ceiling, "login-account",
+                                                                   _account_key(email))
     except Exception:
         log.exception("rate-limit storage unavailable; login not checked")
         return
     if not allowed:
-        retry = max(1, math.ceil(reset - time.time()))
-        raise ApiError("RATE_LIMITED", "Too many failed logins for this account; retry later",
-                       headers={"Retry-After": str(retry)})
+        _refuse(reset, "Too many failed logins for this account from this address; retry later")
+    failures = limits.login_ceiling.amount - remaining
+    if failures >= limits.login_ceiling.amount or (
+            failures >= limits.login_ceiling.amount - _reserve(limits.login_ceiling) and not known_origin()):
+        _refuse(ceiling_reset, "Too many failed logins for this account; retry later")
 
 
-def record_failed_login(email: str) -> None:
+def _refuse(reset: float, message: str) -> None:
+    raise ApiError("RATE_LIMITED", message, headers={"Retry-After": str(max(1, math.ceil(reset - time.time())))})
+
+
+def record_failed_login(email: str, ip: str | None) -> None:
     limits = state.current().limits
     if limits is not None and limits.enabled:
-        limits.hit("login-account", limits.login_account, _account_key(email))
+        limits.hit("login-account-ip", limits.login_account, _pair_key(email, ip))
+        limits.hit("login-account", limits.login_ceiling, _account_key(email))
+
+
+def record_login(email: str, ip: str | None) -> None:
+    """A right password from this address wipes its failures (not the account's ceiling)."""
+    limits = state.current().limits
+    if limits is not None and limits.enabled:
+        try:
+            limits.limiter.clear(limits.login_account, "login-account-ip", _pair_key(email, ip))
+        except Exception:
+            log.exception("rate-limit storage unavailable; failures not cleared")

@@ -13,9 +13,12 @@ from errors import ApiError
 from models import audit, credentials
 from models.database import current_engine
 from models.tenancy import same_org, scoped
-from models.tables import STAFF_SECRETS, branch, organization, role, session, staff, user_role
+from models.tables import STAFF_SECRETS, branch, login_origin, organization, role, session, staff, user_role
 
 log = logging.getLogger(__name__)
+
+# How long an address a member logged in from stays theirs for the login throttle.
+KNOWN_ORIGIN_DAYS = 90
 
 STAFF_PUBLIC = [c for c in staff.c if c.name not in STAFF_SECRETS]
 
@@ -83,6 +86,7 @@ def login(email: str, password: str, origin: dict) -> dict:
                              action="login_failed", resource="session", origin=origin)
         else:
             refresh, _ = _start_session(conn, member, str(uuid.uuid4()), origin)
+            _remember_origin(conn, member, origin)
             result = _tokens(conn, member, refresh)
             result["user"] = _public(member)
             audit.record(conn, org_id=member["org_id"], user_id=member["id"], action="login",
@@ -90,6 +94,32 @@ def login(email: str, password: str, origin: dict) -> dict:
     if not accepted:
         raise ApiError("INVALID_CREDENTIALS")
     return result
+
+
+def _remember_origin(conn, member, origin: dict) -> None:
+    if not origin.get("ip_address"):
+        return
+    conn.execute(
+        sa.dialects.postgresql.insert(login_origin)
+        .values(staff_id=member["id"], org_id=member["org_id"], ip_address=origin["ip_address"])
+        .on_conflict_do_update(index_elements=[login_origin.c.staff_id, login_origin.c.ip_address],
+                               set_={"last_login_at": func.now()})
+    )
+
+
+def logged_in_from(email: str, ip_address: str | None) -> bool:
+    """Whether a live member with this email logged in from this address in the last 90 days."""
+    if not ip_address:
+        return False
+    with current_engine().connect() as conn:
+        return conn.execute(
+            select(sa.exists().where(
+                func.lower(staff.c.email) == email.lower(), staff.c.deleted_at.is_(None),
+                login_origin.c.staff_id == staff.c.id, same_org(login_origin, staff),
+                login_origin.c.ip_address == ip_address,
+                login_origin.c.last_login_at > func.now() - dt.timedelta(days=KNOWN_ORIGIN_DAYS),
+            ))
+        ).scalar_one()
 
 
 def refresh(refresh_token: str, origin: dict) -> dict:

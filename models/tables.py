@@ -364,3 +364,11 @@ webhook_delivery = Table(
     _ts("created_at", nullable=False, default=NOW),
     _ts("updated_at", nullable=False, default=NOW),
 )
+
+login_origin = Table(
+    "login_origin", metadata,
+    Column("staff_id", UUID(as_uuid=False), primary_key=True),
+    Column("ip_address", String(45), primary_key=True),
+    _org(),
+    _ts("last_login_at", nullable=False, default=NOW),
+)
