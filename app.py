@@ -18,6 +18,7 @@ from handlers import JSONIFIER
 from middleware import adapter, errors, observability, telemetry
 from middleware.ratelimit import RateLimits
 from middleware.http import Edge
+from middleware import replicas
 from middleware.routes import RouteTable
 from models import contract, credentials, database, resources, signing
 from state import AppState
@@ -81,6 +82,10 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
     app.add_middleware(Edge, position=MiddlewarePosition.BEFORE_EXCEPTION,
                        routes=RouteTable(document), app_state=app_state)
     app.state = app_state
+    replicas.install(app.app, app_state.pools)
+    # Each worker looks at its database servers once a second, traffic or not (db_up, replica lag).
+    database.Probe(app_state.pools, url, report=observability.server_health,
+                   connect_timeout_s=settings.db_connect_timeout_s).start()
     return app
 
 

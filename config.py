@@ -37,6 +37,16 @@ def _bool(name: str, default: bool, env) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def _float(name: str, default: float, env) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
 def _list(name: str, env) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
@@ -55,6 +65,10 @@ class Settings:
     # The role the API runs as, granted row privileges by `clinic-api migrate`; DATABASE_URL's user
     # when unset (a pooler may log in to the server as another user than its clients).
     database_runtime_role: str = ""
+    # Streaming replicas that serve reads (models/database.py routes them), and how far behind
+    # the primary one may be and still serve them.
+    database_replica_urls: tuple[str, ...] = ()
+    replica_max_lag_seconds: float = 5.0
     data_dir: Path = ROOT / ".local"
     db_pool_size: int = 10
     db_max_overflow: int = 5
@@ -142,6 +156,8 @@ def load(env=None, *, serving: bool = True) -> Settings:
         database_migration_url=env.get("DATABASE_MIGRATION_URL") or env.get("DATABASE_URL") or None,
         database_listen_url=env.get("DATABASE_LISTEN_URL") or None,
         database_runtime_role=env.get("DATABASE_RUNTIME_ROLE", ""),
+        database_replica_urls=_list("DATABASE_REPLICA_URLS", env),
+        replica_max_lag_seconds=_float("REPLICA_MAX_LAG_SECONDS", defaults.replica_max_lag_seconds, env),
         data_dir=Path(env.get("DATA_DIR", str(defaults.data_dir))),
         db_pool_size=_int("DB_POOL_SIZE", defaults.db_pool_size, env),
         db_max_overflow=_int("DB_MAX_OVERFLOW", defaults.db_max_overflow, env),
@@ -230,6 +246,10 @@ def check(settings: Settings, *, serving: bool = True) -> None:
         raise ConfigError("REQUEST_THREADS must be between 0 and 64")
     if settings.database_migration_url and not settings.database_url:
         raise ConfigError("DATABASE_MIGRATION_URL is set but DATABASE_URL is not: the API's role needs its own URL")
+    if settings.database_replica_urls and not settings.database_url:
+        raise ConfigError("DATABASE_REPLICA_URLS is set but DATABASE_URL is not: replicas need a primary")
+    if settings.replica_max_lag_seconds <= 0:
+        raise ConfigError("REPLICA_MAX_LAG_SECONDS must be more than 0")
     if settings.audit_retention_months < 1:
         raise ConfigError("AUDIT_RETENTION_MONTHS must be at least 1 (a month is the smallest part pruned)")
     if settings.audit_seal_settle_seconds < 0:

@@ -89,8 +89,10 @@ def from_database_error(exc) -> ApiError | None:
         return ApiError("VALIDATION_ERROR", "A value is out of the range the field accepts")
     if pgcode in (codes.LOCK_NOT_AVAILABLE, codes.SERIALIZATION_FAILURE, codes.DEADLOCK_DETECTED):
         return ApiError("CONFLICT", "The record is being changed by another request; retry")
+    # READ_ONLY_SQL_TRANSACTION: the primary's URL names a server in recovery (a replica, or a
+    # primary being failed over): a write cannot succeed there now, which is no client error.
     if pgcode in (codes.QUERY_CANCELED, codes.ADMIN_SHUTDOWN, codes.CANNOT_CONNECT_NOW,
-                  codes.TOO_MANY_CONNECTIONS, codes.CRASH_SHUTDOWN):
+                  codes.TOO_MANY_CONNECTIONS, codes.CRASH_SHUTDOWN, codes.READ_ONLY_SQL_TRANSACTION):
         return ApiError("SERVICE_UNAVAILABLE")
     return None
 

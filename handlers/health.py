@@ -25,13 +25,38 @@ def get_readiness():
         engine = database.current_engine()
         with engine.connect() as conn:
             conn.execute(sa.text("SET LOCAL statement_timeout = 1000"))
-            conn.execute(sa.text("SELECT 1"))
+            read_only = conn.execute(sa.text("SELECT pg_is_in_recovery()")).scalar()
             pending = _pending_migrations(conn)
     except Exception:  # any failure means "not ready"; the reason goes to the log, not the client
         return {"status": "unavailable", "database": "unreachable"}, 503
     if pending:
         return {"status": "unavailable", "database": "ok", "pending_migrations": pending}, 503
-    return {"status": "ok", "database": "ok"}, 200
+    return _answering(read_only)
+
+
+def _answering(read_only: bool):
+    """The primary answers: ready unless it takes no writes. Replicas are reported, not required:
+    when none can serve, the primary serves the reads."""
+    if read_only:  # DATABASE_URL names a replica, or a primary being failed over: no write would succeed
+        return {"status": "unavailable", "database": "read_only", **_replicas()}, 503
+    return {"status": "ok", "database": "ok", **_replicas()}, 200
+
+
+def _replicas() -> dict:
+    """Each replica as the probe last saw it (no query here: /ready stays as fast as without)."""
+    pools = database.current_pools()
+    if not pools.replicas:
+        return {}
+    seen = []
+    for replica in pools.replicas:
+        health = replica.health
+        if not health.up:
+            seen.append({"name": replica.name, "state": "down"})
+            continue
+        lag = round(health.lag_seconds, 3) if health.lag_seconds is not None else None
+        fit = lag is not None and lag <= pools.max_lag_seconds
+        seen.append({"name": replica.name, "state": "ok" if fit else "lagging", "lag_seconds": lag})
+    return {"replicas": seen}
 
 
 def _pending_migrations(conn) -> int:

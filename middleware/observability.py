@@ -26,6 +26,12 @@ IN_PROGRESS = Gauge("http_requests_in_progress", "Requests being answered now", 
                     multiprocess_mode="livesum")
 DB_POOL = Gauge("db_pool_connections", "Database pool connections by pool and state", ["pool", "state"],
                 multiprocess_mode="livesum")
+# Set by each worker's database probe (models/database.py) once a second, traffic or not. An
+# instance shows the worst of its workers' views.
+DB_UP = Gauge("db_up", "1 when the database server answered this instance's last probe, else 0", ["server"],
+              multiprocess_mode="livemin")
+DB_REPLICA_LAG = Gauge("db_replica_lag_seconds", "How far a replica's data is behind the primary, in seconds",
+                       ["server"], multiprocess_mode="livemax")
 LOGIN_FAILURES = Counter("auth_login_failures_total", "Failed logins (unknown email or wrong password)")
 RATE_LIMITED = Counter("rate_limited_requests_total", "Requests refused with 429, by policy", ["policy"])
 # Counted by the delivery worker (worker.py); shared through PROMETHEUS_MULTIPROC_DIR when serve or
@@ -84,13 +90,21 @@ def _pool_gauges() -> None:
 
     try:
         pools = current_pools()
-        for name, engine in (("writer", pools.writer), ("reader", pools.reader)):
+        for name, engine in pools.named():
             pool = engine.pool
             DB_POOL.labels(name, "checked_out").set(pool.checkedout())
             DB_POOL.labels(name, "idle").set(pool.checkedin())
             DB_POOL.labels(name, "overflow").set(max(pool.overflow(), 0))
     except Exception:  # no pools yet, or a pool without these counters
         pass
+
+
+def server_health(server: str, health) -> None:
+    """The probe's report on one server (``primary``, ``replica1``, ...)."""
+    DB_UP.labels(server).set(1 if health.up else 0)
+    # A replica that is down keeps its last measured lag: read it together with db_up.
+    if server != "primary" and health.up and health.lag_seconds is not None:
+        DB_REPLICA_LAG.labels(server).set(health.lag_seconds)
 
 
 # prometheus_client's labels() checks and locks on every call; the label sets a request can

