@@ -98,6 +98,9 @@ class Settings:
     rate_limit_login_account: str = "5/15minute"
     rate_limit_login_account_ceiling: str = "100/hour"
     rate_limit_storage_uri: str = "memory://"
+    # Roles whose members must log in with a second factor (TOTP); until they enrol, their tokens
+    # carry no scope but what enrolment needs (models/mfa.py).
+    mfa_required_roles: tuple[str, ...] = ()
     rate_limit_enabled: bool = True
     trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
@@ -185,6 +188,7 @@ def load(env=None, *, serving: bool = True) -> Settings:
         rate_limit_login_account_ceiling=env.get("RATE_LIMIT_LOGIN_ACCOUNT_CEILING",
                                                  defaults.rate_limit_login_account_ceiling),
         rate_limit_storage_uri=env.get("RATE_LIMIT_STORAGE_URI", defaults.rate_limit_storage_uri),
+        mfa_required_roles=_list("MFA_REQUIRED_ROLES", env),
         rate_limit_enabled=_bool("RATE_LIMIT_ENABLED", defaults.rate_limit_enabled, env),
         trusted_proxies=_list("TRUSTED_PROXIES", env),
         max_body_bytes=_int("MAX_BODY_BYTES", defaults.max_body_bytes, env),

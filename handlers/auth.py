@@ -11,30 +11,42 @@ from models import accounts
 
 
 def login(body: dict):
-    """Exchange email and password for an access token and a refresh token."""
-    return ok(_logged_in(body["email"], body["password"]))
+    """Exchange email and password for tokens, or for an MFA challenge (202) when the member has a second factor."""
+    result = _logged_in(body["email"], body["password"])
+    return ok(result, 202 if result.get("mfa_required") else 200)
 
 
 def _logged_in(email: str, password: str) -> dict:
-    """The session's tokens, with the per-account throttles on failed passwords."""
+    """The session's tokens (or MFA challenge), with the per-account throttles on failed passwords."""
+    return throttled(email, lambda origin: accounts.login(email, password, origin), "INVALID_CREDENTIALS")
+
+
+def throttled(email: str | None, attempt, failure_code: str) -> dict:
+    """Run ``attempt(origin)`` under the login throttles of ``email`` (middleware/ratelimit.py):
+    refused beforehand when its failures are used up, counted when it fails with ``failure_code``."""
     origin = request_origin()
     ip = origin["ip_address"]
-    ratelimit.check_login_account(email, ip, known_origin=lambda: accounts.logged_in_from(email, ip))
+    if email is not None:
+        ratelimit.check_login_account(email, ip, known_origin=lambda: accounts.logged_in_from(email, ip))
     try:
-        tokens = accounts.login(email, password, origin)
+        result = attempt(origin)
     except ApiError as exc:
-        if exc.code == "INVALID_CREDENTIALS":
-            ratelimit.record_failed_login(email, ip)
+        if exc.code == failure_code:
+            if email is not None:
+                ratelimit.record_failed_login(email, ip)
             LOGIN_FAILURES.inc()
         raise
-    ratelimit.record_login(email, ip)
-    return tokens
+    if email is not None:
+        ratelimit.record_login(email, ip)
+    return result
 
 
 def issue_token(body: dict):
     """OAuth 2.0 token endpoint (password and refresh_token grants), answered without the envelope."""
     if body["grant_type"] == "password":
         tokens = _logged_in(_form_field(body, "username"), _form_field(body, "password"))
+        if tokens.get("mfa_required"):  # an OAuth tool cannot take the second step
+            raise ApiError("MFA_REQUIRED")
     else:
         tokens = accounts.refresh(_form_field(body, "refresh_token"), request_origin())
     answer = {name: tokens[name] for name in ("access_token", "token_type", "expires_in", "refresh_token")}

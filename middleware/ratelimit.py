@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 # Probes and the scraper must never be throttled: a limited /ready takes an instance out of rotation.
 EXEMPT = frozenset({"/health", "/ready", "/metrics"})
-# Both ways of presenting a password: the JSON login and the OAuth token endpoint.
-LOGINS = frozenset({"/auth/login", "/auth/token"})
+# Both ways of presenting a password (the JSON login and the OAuth token endpoint) and the second factor.
+LOGINS = frozenset({"/auth/login", "/auth/token", "/auth/mfa/verify"})
 
 
 class RateLimits:

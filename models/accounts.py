@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 import config
 from errors import ApiError
-from models import audit, credentials
+from models import audit, credentials, mfa
 from models.database import current_engine
 from models.tenancy import same_org, scoped
 from models.tables import STAFF_SECRETS, branch, login_origin, organization, role, session, staff, user_role
@@ -61,11 +61,17 @@ def _start_session(conn, member, family_id: str, origin: dict) -> tuple[str, str
 
 def _tokens(conn, member, refresh_token: str) -> dict:
     roles, scopes = grants(conn, member["org_id"], member["id"])
+    # A role that requires a second factor grants nothing until the member has one: the token
+    # still lets them enrol (operations that need no scope).
+    enrolment_due = mfa.required_for(conn, member["org_id"], member["id"], roles)
     access = credentials.issue_access_token(
-        staff_id=member["id"], org_id=member["org_id"], roles=roles, scopes=scopes
+        staff_id=member["id"], org_id=member["org_id"], roles=roles, scopes=[] if enrolment_due else scopes
     )
-    return {"access_token": access, "refresh_token": refresh_token, "token_type": "Bearer",
-            "expires_in": config.current().access_token_ttl_s}
+    tokens = {"access_token": access, "refresh_token": refresh_token, "token_type": "Bearer",
+              "expires_in": config.current().access_token_ttl_s}
+    if enrolment_due:
+        tokens["mfa_enrolment_required"] = True
+    return tokens
 
 
 def login(email: str, password: str, origin: dict) -> dict:
@@ -84,16 +90,42 @@ def login(email: str, password: str, origin: dict) -> dict:
             else:
                 audit.record(conn, org_id=member["org_id"], user_id=member["id"],
                              action="login_failed", resource="session", origin=origin)
-        else:
-            refresh, _ = _start_session(conn, member, str(uuid.uuid4()), origin)
-            _remember_origin(conn, member, origin)
-            result = _tokens(conn, member, refresh)
-            result["user"] = _public(member)
-            audit.record(conn, org_id=member["org_id"], user_id=member["id"], action="login",
+        elif mfa.enrolled(conn, member["org_id"], member["id"]):
+            result = mfa.open_challenge(conn, member)
+            audit.record(conn, org_id=member["org_id"], user_id=member["id"], action="login_mfa_challenge",
                          resource="session", origin=origin)
+        else:
+            result = _open_session(conn, member, origin)
     if not accepted:
         raise ApiError("INVALID_CREDENTIALS")
     return result
+
+
+def _open_session(conn, member, origin: dict, *, second_factor: str | None = None) -> dict:
+    """A new session family for a member who proved who they are: tokens, the user, the audit row."""
+    refresh, _ = _start_session(conn, member, str(uuid.uuid4()), origin)
+    _remember_origin(conn, member, origin)
+    result = _tokens(conn, member, refresh)
+    result["user"] = _public(member)
+    audit.record(conn, org_id=member["org_id"], user_id=member["id"], action="login", resource="session",
+                 after={"second_factor": second_factor} if second_factor else None, origin=origin)
+    return result
+
+
+def verify_mfa(mfa_token: str, code: str, origin: dict) -> dict:
+    """The login's second step: a TOTP code or a recovery code for the challenge of the first."""
+    with current_engine().begin() as conn:
+        outcome = mfa.redeem(conn, mfa_token, code)
+        if not isinstance(outcome, ApiError):
+            org_id, staff_id, how = outcome
+            member = conn.execute(
+                select(*STAFF_PUBLIC).where(staff.c.id == staff_id, *scoped(staff, org_id))
+            ).mappings().first()
+            outcome = ApiError("INVALID_MFA_CODE") if member is None else _open_session(
+                conn, member, origin, second_factor=how)
+    if isinstance(outcome, ApiError):
+        raise outcome  # after the commit, so that a wasted attempt counts
+    return outcome
 
 
 def _remember_origin(conn, member, origin: dict) -> None:

@@ -372,3 +372,31 @@ login_origin = Table(
     _org(),
     _ts("last_login_at", nullable=False, default=NOW),
 )
+
+staff_mfa = Table(
+    "staff_mfa", metadata,
+    Column("staff_id", UUID(as_uuid=False), primary_key=True),
+    _org(),
+    Column("totp_secret", Text, nullable=False),
+    _ts("confirmed_at"),
+    Column("last_used_step", BigInteger),
+    _ts("created_at", nullable=False, default=NOW),
+)
+
+mfa_recovery_code = Table(
+    "mfa_recovery_code", metadata,
+    _id(), _org(), _ref("staff_id"),
+    Column("code_hash", CHAR(64), nullable=False),
+    _ts("used_at"),
+    _ts("created_at", nullable=False, default=NOW),
+)
+
+mfa_challenge = Table(
+    "mfa_challenge", metadata,
+    _id(), _org(), _ref("staff_id"),
+    Column("token_hash", CHAR(64), nullable=False),
+    _ts("expires_at", nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    _ts("used_at"),
+    _ts("created_at", nullable=False, default=NOW),
+)

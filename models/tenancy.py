@@ -49,6 +49,11 @@ def scoped(table, org_id: Any, *, alias=None, deleted_too: bool = False) -> list
     return conditions
 
 
+def own_organization(organization, org_id: Any):
+    """The condition that picks the caller's own ``organization`` row (its name, for instance)."""
+    return organization.c.id == org_id
+
+
 def same_org(left, right):
     """Join condition: two tenant tables' rows of one organization."""
     return left.c.org_id == right.c.org_id

@@ -1,0 +1,3 @@
+DROP TABLE mfa_challenge;
+DROP TABLE mfa_recovery_code;
+DROP TABLE staff_mfa;
