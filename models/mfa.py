@@ -73,8 +73,8 @@ def confirm_enrolment(caller, code: str) -> dict:
             raise ApiError("CONFLICT", "Two-factor login is already on")
         step = _matching_step(current, code)
         if step is None:
-            raise ApiError("VALIDATION_ERROR", "The code does not match the secret (check the device's clock)",
-                           field="code")
+            raise ApiError("BUSINESS_RULE_VIOLATION",
+                           "The code does not match the secret (check the device's clock)", field="code")
         conn.execute(staff_mfa.update().where(staff_mfa.c.staff_id == caller.user_id)
                      .values(confirmed_at=func.now(), last_used_step=step))
         codes = _new_recovery_codes(conn, caller.org_id, caller.user_id)

@@ -54,7 +54,7 @@ def test_enrolment_shows_the_secret_once_and_login_changes_only_when_confirmed(c
 
     wrong = client.post("/auth/mfa/totp/confirm", json={"code": "000000" if _code(data["secret"]) != "000000"
                                                         else "111111"}, headers=org_a.headers)
-    assert wrong.status_code == 400 and error_of(wrong)["field"] == "code"
+    assert wrong.status_code == 422 and error_of(wrong)["field"] == "code"
     confirmed = client.post("/auth/mfa/totp/confirm", json={"code": _code(data["secret"])}, headers=org_a.headers)
     assert confirmed.status_code == 200
     codes = confirmed.json()["data"]["recovery_codes"]
@@ -187,6 +187,7 @@ def test_by_default_no_role_requires_a_second_factor(client, settings, make_org)
     ("/auth/mfa/verify", {"mfa_token": "unknown", "code": "123456", "extra": 1}),
     ("/auth/mfa/totp/confirm", {"code": ""}),
     ("/auth/mfa/totp/confirm", {"code": 123456}),
+    ("/auth/mfa/totp/confirm", {"code": "12345a"}),
 ])
 def test_bad_input_is_a_400_in_the_envelope(client, org_a, path, body):
     response = client.post(path, json=body, headers=org_a.headers)
