@@ -92,6 +92,11 @@ def created(resource: Resource, body: dict, *, parent_id: str | None = None):
     """Create a row (once per Idempotency-Key) and answer 201 with its ETag and Location."""
     idempotency = idempotent_request(body)
     row = crud.create_row(resource, current_caller(), body, parent_id=parent_id, idempotency=idempotency)
+    return created_answer(row, idempotency)
+
+
+def created_answer(row: dict, idempotency: IdempotentRequest | None):
+    """201 with the new row, its ETag and Location (and whether it is a replay)."""
     response = one(row, 201)
     request = flask.request
     response.headers["Location"] = f"{request.script_root}{request.path.rstrip('/')}/{row['id']}"

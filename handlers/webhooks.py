@@ -1,7 +1,5 @@
 """Webhook subscriptions, their delivery log, retries and pings (models/webhooks.py)."""
-import flask
-
-from handlers import delete_in, if_match, list_of, ok, one, one_of
+from handlers import created_answer, delete_in, idempotent_request, if_match, list_of, ok, one, one_of
 from middleware.tenancy import current_caller
 from models import webhooks
 
@@ -18,10 +16,8 @@ def get_webhook(id_: str):
 
 def create_webhook(body: dict):
     """Subscribe a URL to events; the answer holds the signing secret, shown only here."""
-    row = webhooks.subscribe(current_caller(), body)
-    response = one(row, 201)
-    response.headers["Location"] = f"{flask.request.script_root}/webhooks/{row['id']}"
-    return response
+    idempotency = idempotent_request(body)
+    return created_answer(webhooks.subscribe(current_caller(), body, idempotency=idempotency), idempotency)
 
 
 def update_webhook(id_: str, body: dict):

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 import config
 
 from errors import ApiError
-from models import accounts, credentials
+from models import accounts, credentials, webhooks
 from models import tables as t
 from models.contract import escape_like
 from models.crud import Reference, Resource
@@ -246,6 +246,12 @@ def unlike(conn, caller, post):
     return {"likes": func.greatest(t.community_post.c.likes - 1, 0)} if removed.rowcount == 1 else None
 
 
+def _webhook_before_create(conn, caller, values):
+    # A signing key of the server's making unless the client brought its own.
+    values.setdefault("secret", webhooks.new_secret())
+    return values
+
+
 def _webhook_before_update(conn, caller, values, before):
     if "secret" in values:
         # The old key keeps signing alongside the new one, so receivers can switch without a gap.
@@ -358,6 +364,7 @@ WEBHOOKS = Resource(
     hidden=frozenset({"secret", "previous_secret", "previous_secret_expires_at"}),
     # rotate_secret is no column: models/webhooks.change() turns it into a new secret.
     write_only=frozenset({"secret", "rotate_secret"}),
+    before_create=_webhook_before_create,
     before_update=_webhook_before_update,
     emits_events=False,
 )

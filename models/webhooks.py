@@ -21,6 +21,7 @@ from errors import ApiError
 from models import audit, crud, events
 from models.tenancy import Caller, scoped
 from models.database import current_engine
+from models.idempotency import IdempotentRequest
 from models.tables import outbox_event, webhook_delivery, webhook_subscription
 
 
@@ -80,11 +81,16 @@ def _subscriptions() -> crud.Resource:
     return state.current().resources["webhook"]
 
 
-def subscribe(caller: Caller, body: Mapping[str, Any]) -> dict:
-    """A new subscription, with its signing secret (shown only in this answer)."""
+def subscribe(caller: Caller, body: Mapping[str, Any], *,
+              idempotency: IdempotentRequest | None = None) -> dict:
+    """A new subscription, with its signing secret (shown only in this answer and its replays)."""
     safe_addresses(body["url"])
-    secret = body.get("secret") or new_secret()
-    created = crud.create_row(_subscriptions(), caller, {**body, "secret": secret})
+    created = crud.create_row(_subscriptions(), caller, body, idempotency=idempotency)
+    s = webhook_subscription
+    with current_engine().connect() as conn:
+        # Read back, not kept: a replay's stored answer holds no secret, and none is stored twice.
+        secret = conn.execute(sa.select(s.c.secret)
+                              .where(s.c.id == created["id"], *scoped(s, caller.org_id, deleted_too=True))).scalar_one()
     return {**created, "secret": secret}
 
 

@@ -6,9 +6,9 @@ from tests.factories import build_world
 
 @pytest.fixture
 def world_a(client, org_a):
-    return build_world(client, org_a)
+    return build_world(org_a)
 
 
 @pytest.fixture
 def world_b(client, org_b):
-    return build_world(client, org_b)
+    return build_world(org_b)

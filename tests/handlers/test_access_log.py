@@ -11,7 +11,7 @@ HEADERS = {"User-Agent": "chart-viewer/1.0", "X-Request-ID": "req-access-1"}
 
 @pytest.fixture
 def world(client, org_a):
-    return build_world(client, org_a)
+    return build_world(org_a)
 
 
 def access_rows(engine, org_id: str) -> list[dict]:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.factories import NAMES, RESOURCES, post
+from tests.factories import NAMES, RESOURCES, as_read, post
 
 _LINK = re.compile(r'<([^>]*)>; rel="(\w+)"')
 
@@ -21,7 +21,8 @@ def test_every_create_says_where_the_record_lives(client, world_a, name):
     response = client.post(path, json=create(world_a), headers=org.headers)
     assert response.status_code == 201
     assert response.headers["location"] == f"{path}/{response.json()['data']['id']}"
-    assert client.get(response.headers["location"], headers=org.headers).json() == response.json()
+    read = client.get(response.headers["location"], headers=org.headers).json()
+    assert read["data"] == as_read(name, response.json()["data"])
 
 
 def test_a_payment_says_where_it_lives_under_its_loan(client, world_a):

@@ -15,7 +15,7 @@ from tests.factories import build_world, post
 
 @pytest.fixture
 def world(client, org_a):
-    return build_world(client, org_a)
+    return build_world(org_a)
 
 
 # --- staff ---------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_sku_is_unique_per_organization_among_live_items(client, world):
 
 def test_same_sku_in_two_organizations(client, world, org_b):
     post(client, world.org, "/inventory", item_body(world, sku="SHARED"))
-    other = build_world(client, org_b)
+    other = build_world(org_b)
     assert client.post("/inventory", json=item_body(other, sku="SHARED"), headers=org_b.headers).status_code == 201
 
 

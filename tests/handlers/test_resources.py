@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import PASSWORD, error_of
-from tests.factories import NAMES, RESOURCES, post
+from tests.factories import NAMES, RESOURCES, as_read, post
 
 
 
@@ -18,7 +18,7 @@ from tests.factories import NAMES, RESOURCES, post
 def test_create_get_patch_list_delete(client, world_a, name):
     path, key, create, patch, _, _ = RESOURCES[name]
     org = world_a.org
-    created = post(client, org, path, create(world_a))
+    created = as_read(name, post(client, org, path, create(world_a)))
     assert created["org_id"] == org.org_id and created["deleted_at"] is None
     got = client.get(f"{path}/{created['id']}", headers=org.headers)
     assert got.status_code == 200 and got.json()["data"] == created
@@ -57,7 +57,7 @@ def test_pagination_and_total(client, world_a, name):
 @pytest.mark.parametrize("method", ["get", "patch", "delete"])
 def test_other_organizations_rows_are_404(client, world_a, world_b, name, method):
     path, _, create, patch, _, _ = RESOURCES[name]
-    theirs = post(client, world_b.org, path, create(world_b))
+    theirs = as_read(name, post(client, world_b.org, path, create(world_b)))
     kwargs = {"json": patch} if method == "patch" else {}
     response = getattr(client, method)(f"{path}/{theirs['id']}", headers=world_a.org.headers, **kwargs)
     assert response.status_code == 404 and error_of(response)["code"] == "NOT_FOUND"
@@ -117,7 +117,7 @@ def ids_of(client, org, url, key):
 
 def test_appointment_filters(client, world_a):
     org = world_a.org
-    body = RESOURCES["appointments"][2](world_a)
+    body = RESOURCES["appointment"].create(world_a)
     other_patient = post(client, org, "/patients", {"branch_id": org.branch_id, "name": "Rory"})["id"]
     first = post(client, org, "/appointments", {**body, "date": "2026-12-01T09:00:00Z"})
     second = post(client, org, "/appointments", {**body, "date": "2026-12-02T23:30:00Z", "status": "cancelled",
@@ -133,7 +133,7 @@ def test_appointment_filters(client, world_a):
 
 def test_transaction_filters(client, world_a):
     org = world_a.org
-    body = RESOURCES["transactions"][2](world_a)
+    body = RESOURCES["transaction"].create(world_a)
     cash = post(client, org, "/transactions", {**body, "method": "cash", "type": "payment", "date": "2026-10-05T10:00:00Z"})
     refund = post(client, org, "/transactions", {**body, "method": "card", "type": "refund", "date": "2026-11-05T10:00:00Z"})
     assert ids_of(client, org, "/transactions?method=cash", "transactions") == [cash["id"]]
@@ -145,7 +145,7 @@ def test_transaction_filters(client, world_a):
 
 def test_inventory_filters_including_low_stock(client, world_a):
     org = world_a.org
-    body = RESOURCES["inventory"][2](world_a)
+    body = RESOURCES["inventory_item"].create(world_a)
     low = post(client, org, "/inventory", {**body, "sku": "LOW", "quantity": 5, "reorder_point": 10, "category": "drugs"})
     ok = post(client, org, "/inventory", {**body, "sku": "OK", "quantity": 50, "reorder_point": 10, "status": "low_stock"})
     assert ids_of(client, org, "/inventory?lowStock=true", "inventory") == [low["id"]]

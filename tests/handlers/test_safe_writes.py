@@ -11,7 +11,7 @@ from tests.factories import NAMES, RESOURCES, build_world, post
 
 @pytest.fixture
 def world(client, org_a):
-    return build_world(client, org_a)
+    return build_world(org_a)
 
 
 # --- ETag / If-Match / If-None-Match -------------------------------------------------------------

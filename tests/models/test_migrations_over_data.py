@@ -3,14 +3,14 @@ written through the engine as the API writes them, survive it unchanged."""
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import sqlalchemy as sa
 
 import state
-from models import accounts, crud, database
-from models.tenancy import Caller
+from models import accounts, database
 from tests.conftest import PASSWORD
-from tests.factories import RESOURCES, World
+from tests.factories import RESOURCES, build_world, make_row
 
 # Tables whose rows the seed writes, and the migration that creates each.
 SEEDED = {"organization": "0002", "branch": "0003", "staff": "0004", "patient": "0005", "supplier": "0006",
@@ -18,25 +18,13 @@ SEEDED = {"organization": "0002", "branch": "0003", "staff": "0004", "patient": 
           "loan": "0011", "community_post": "0012", "financial_report": "0013", "audit_log": "0016"}
 
 
-def _seed(app, org_ids) -> None:
+def _seed(org_ids) -> None:
     """One row of every resource, through the engine (no HTTP): the rows a clinic would have."""
-    resources = app.state.resources
-    caller = Caller(user_id=org_ids["admin_id"], org_id=org_ids["org_id"], scopes=frozenset({"*"}))
-
-    def create(name, body):
-        return crud.create_row(resources[name], caller, body)
-
-    staff = create("staff", {"branch_id": org_ids["branch_id"], "name": "Dr Seed", "role": "doctor",
-                             "email": f"seed-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD})
-    patient = create("patient", {"branch_id": org_ids["branch_id"], "name": "Seed Patient"})
-    supplier = create("supplier", {"name": "Seed Supply"})
-    loan = create("loan", {"lender": "Bank", "original_amount": 100, "start_date": "2026-01-01T00:00:00Z"})
-    world = World(None, org_ids["branch_id"], staff["id"], patient["id"], supplier["id"], loan["id"], staff["email"])
-    world.org = type("Org", (), {"admin_id": org_ids["admin_id"]})()
-    for name, (path, _key, body, *_rest) in RESOURCES.items():
-        resource = next(r for r in resources.values() if r.path == path)
-        if resource.name not in ("staff", "patient", "supplier", "loan"):
-            create(resource.name, body(world))
+    org = SimpleNamespace(**org_ids)
+    world = build_world(org)
+    for name, sample in RESOURCES.items():
+        if name not in ("staff", "patient", "supplier", "loan"):  # build_world made those
+            make_row(org, name, sample.create(world))
 
 
 def _counts(url) -> dict[str, int]:
@@ -61,7 +49,7 @@ def test_each_migration_applies_over_rows_it_does_not_own(server_url, settings):
         with state.bound(app.state):
             ids = accounts.create_organization(name="Seeded", branch_name="Main", admin_email=f"seed-{name}@example.com",
                                                admin_password=PASSWORD)
-            _seed(app, ids)
+            _seed(ids)
         app.state.pools.dispose()
         seeded = _counts(url)
         assert all(seeded[t] > 0 for t in SEEDED), seeded
