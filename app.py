@@ -45,7 +45,7 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
                          limits=RateLimits(settings), keys=signing.load(settings),
                          dummy_password_hash=credentials.dummy_hash(settings),
                          resources=contract.derive(document, resources.ALL))
-    telemetry.configure(settings, [app_state.pools.writer, app_state.pools.reader])
+    app_state.tracing = telemetry.configure(settings, [app_state.pools.writer, app_state.pools.reader])
 
     app = connexion.FlaskApp(
         __name__,
@@ -112,7 +112,8 @@ def _closing_pools_of(app_state: AppState):
     async def lifespan(_app):
         """On SIGTERM the server drains in-flight requests, then the pools close their connections."""
         yield
-        telemetry.shutdown()  # export the spans still buffered
+        if app_state.tracing is not None:
+            app_state.tracing.shutdown()  # export the spans still buffered
         app_state.pools.dispose()
 
     return lifespan

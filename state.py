@@ -36,6 +36,8 @@ class AppState:
     migrations_checked: tuple[float, int] | None = None
     # When the pool gauges were last sampled (middleware/observability.py).
     pool_sampled_at: float = 0.0
+    # The app's tracer when OTEL_EXPORTER_OTLP_ENDPOINT is set (middleware/telemetry.py), else None.
+    tracing: Any = None
 
 
 _bound: ContextVar[AppState] = ContextVar("clinic_api_state")

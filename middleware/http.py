@@ -76,7 +76,7 @@ class Edge:
         extra = [(b"x-request-id", request_id), *_SECURITY_HEADERS]
         status = 500
         observability.begin(method)
-        traced = telemetry.start_request(method, template, state)
+        traced = telemetry.start_request(self.app_state.tracing, method, template, state)
 
         async def reply(message_status, code, message, more=()):
             nonlocal status

@@ -19,51 +19,53 @@ import config
 
 log = logging.getLogger(__name__)
 
-_tracer = None
-_provider = None
-_traced_engines: list = []
+class Tracing:
+    """One app's tracer, its exporter and the pools whose statements it traces (on AppState)."""
+
+    def __init__(self, settings: config.Settings, engines: list):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        self.provider = TracerProvider(resource=Resource.create({"service.name": settings.otel_service_name}))
+        self.provider.add_span_processor(BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=settings.otel_endpoint.rstrip("/") + "/v1/traces")))
+        self.tracer = self.provider.get_tracer("clinic-api")
+        # Kept, so that shutdown() removes the very listeners it added.
+        self.listeners = (("before_cursor_execute", self._statement_started),
+                          ("after_cursor_execute", _statement_ended), ("handle_error", _statement_failed))
+        self.engines = list(engines)
+        for engine in self.engines:
+            for name, listener in self.listeners:
+                sa.event.listen(engine, name, listener)
+
+    def shutdown(self) -> None:
+        """Export what is buffered and stop listening to the pools."""
+        for engine in self.engines:
+            for name, listener in self.listeners:
+                sa.event.remove(engine, name, listener)
+        self.engines = []
+        self.provider.shutdown()
+
+    def _statement_started(self, conn, cursor, statement, parameters, context, executemany):
+        # The statement with its placeholders only: bound values (names, notes) never reach a span.
+        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
+        context._clinic_span = self.tracer.start_span(verb, kind=trace.SpanKind.CLIENT, attributes={
+            "db.system.name": "postgresql", "db.query.text": statement})
 
 
-def configure(settings: config.Settings, engines: list) -> None:
-    """Start exporting traces to settings.otel_endpoint (OTLP over HTTP), or stop."""
-    global _tracer, _provider
-    shutdown()
-    if not settings.otel_endpoint:
-        return
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    _provider = TracerProvider(resource=Resource.create({"service.name": settings.otel_service_name}))
-    _provider.add_span_processor(BatchSpanProcessor(
-        OTLPSpanExporter(endpoint=settings.otel_endpoint.rstrip("/") + "/v1/traces")))
-    _tracer = _provider.get_tracer("clinic-api")
-    for engine in engines:
-        for name, listener in _SQL_LISTENERS:
-            sa.event.listen(engine, name, listener)
-        _traced_engines.append(engine)
+def configure(settings: config.Settings, engines: list) -> Tracing | None:
+    """Export traces to settings.otel_endpoint (OTLP over HTTP); None when it is unset."""
+    return Tracing(settings, engines) if settings.otel_endpoint else None
 
 
-def shutdown() -> None:
-    """Export what is buffered and stop (on shutdown, and before configuring again)."""
-    global _tracer, _provider
-    if _provider is None:
-        return
-    for engine in _traced_engines:
-        for name, listener in _SQL_LISTENERS:
-            sa.event.remove(engine, name, listener)
-    _traced_engines.clear()
-    _provider.shutdown()
-    _tracer = _provider = None
-
-
-def start_request(method: str, route: str, state: dict):
+def start_request(tracing: Tracing | None, method: str, route: str, state: dict):
     """The request's server span, made current for everything below the edge; None when off."""
-    if _tracer is None:
+    if tracing is None:
         return None
-    span = _tracer.start_span(f"{method} {route}", kind=trace.SpanKind.SERVER,
-                              attributes={"http.request.method": method, "http.route": route})
+    span = tracing.tracer.start_span(f"{method} {route}", kind=trace.SpanKind.SERVER,
+                                     attributes={"http.request.method": method, "http.route": route})
     state["trace_id"] = format(span.get_span_context().trace_id, "032x")
     return span, context.attach(trace.set_span_in_context(span))
 
@@ -87,13 +89,6 @@ def end_request(traced, status: int, claims: dict | None) -> None:
 # opentelemetry-instrumentation-sqlalchemy (0.66b2) refuses SQLAlchemy 2.1 and imports its asyncio
 # extension, which needs greenlet, a dependency this synchronous service has no other use for.
 
-def _statement_started(conn, cursor, statement, parameters, context, executemany):
-    # The statement with its placeholders only: bound values (names, notes) never reach a span.
-    verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
-    context._clinic_span = _tracer.start_span(verb, kind=trace.SpanKind.CLIENT, attributes={
-        "db.system.name": "postgresql", "db.query.text": statement})
-
-
 def _statement_ended(conn, cursor, statement, parameters, context, executemany):
     span = getattr(context, "_clinic_span", None)
     if span is not None:
@@ -105,10 +100,6 @@ def _statement_failed(exception_context):
     if span is not None:
         span.set_status(trace.Status(trace.StatusCode.ERROR, type(exception_context.original_exception).__name__))
         span.end()
-
-
-_SQL_LISTENERS = (("before_cursor_execute", _statement_started), ("after_cursor_execute", _statement_ended),
-                  ("handle_error", _statement_failed))
 
 
 # --- Sentry ----------------------------------------------------------------------------------------

@@ -203,7 +203,6 @@ def app_with(app, settings, database_url):
     """Factory: another app on the same database with some settings changed. It has a state of its
     own, which its requests bind; the session app is untouched."""
     from app import create_app
-    from middleware import telemetry
 
     made = []
 
@@ -215,7 +214,8 @@ def app_with(app, settings, database_url):
     yield make
     for custom in made:
         custom.state.pools.dispose()
-    telemetry.shutdown()
+        if custom.state.tracing is not None:
+            custom.state.tracing.shutdown()
 
 
 def spawn_server(database_url: str, *, production: bool = False, stderr=None, **env_overrides) -> tuple:
