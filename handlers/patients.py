@@ -29,6 +29,7 @@ def delete_patient(id_: str):
     return delete_in("patient", id_)
 
 
-def get_patient_access_log(id_: str, page: int = 1, page_size: int = 20):
-    """Who read or changed a patient's record, newest first."""
-    return listed(access.patient_history(current_caller(), id_, page=page, page_size=page_size), page, page_size)
+def get_patient_access_log(id_: str, page: int = 1, page_size: int = 20, updated_since=None, cursor=None):
+    """Who read or changed a patient's record, newest first (or what was written since, to sync)."""
+    return listed(access.patient_history(current_caller(), id_, page=page, page_size=page_size,
+                                         updated_since=updated_since, cursor=cursor), page, page_size)

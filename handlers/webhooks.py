@@ -30,9 +30,9 @@ def delete_webhook(id_: str):
     return delete_in("webhook", id_)
 
 
-def list_webhook_deliveries(id_: str, page: int = 1, page_size: int = 20, status: str | None = None):
-    """The subscription's delivery log, newest first."""
-    return list_of("webhook_delivery", page=page, page_size=page_size, parent_id=id_, status=status)
+def list_webhook_deliveries(id_: str, **params):
+    """The subscription's delivery log, newest first (or what changed, to sync)."""
+    return list_of("webhook_delivery", parent_id=id_, **params)
 
 
 def retry_webhook_delivery(id_: str, delivery_id: str):

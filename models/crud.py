@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from decimal import Decimal, InvalidOperation
@@ -26,7 +25,7 @@ from models import access, audit
 from models import events
 from models import idempotency as idempotency_keys
 from models.idempotency import IdempotentRequest
-from models import database
+from models import database, sync
 from models.database import current_engine
 
 Hook = Callable[..., Any]
@@ -382,8 +381,10 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
     offset = (page - 1) * page_size
     count_key = (resource.name, caller.org_id, parent_id, tuple(sorted((n, repr(filters[n])) for n in active)))
     if syncing:  # a sync pages by cursor: page is not used
-        position = decode_cursor(cursor) if cursor is not None else (parse_instant(updated_since), _BEFORE_ANY_ID)
-        return database.read(lambda conn: _changes(
+        position = sync.position(updated_since, cursor)
+        # On the primary: a sync page of patient data writes its access row, and the horizon is
+        # the primary's open transactions.
+        return database.recorded_read(lambda conn: _changes(
             conn, resource, caller, query, page_size, embed,
             conditions + _parent_conditions(conn, resource, caller, parent_id), position, (*count_key, position)))
     settings = config.current()
@@ -435,44 +436,11 @@ def _page(conn, resource: Resource, caller: Caller, rows, page_ids, org: dict) -
 
 # --- sync: what changed since a point, tombstones included ---------------------------------------
 
-_BEFORE_ANY_ID = "00000000-0000-0000-0000-000000000000"  # gen_random_uuid() never makes the nil uuid
-
-# The start of the oldest transaction still writing here. now() in a transaction is its start, so
-# every row it has yet to commit will carry an updated_at at or after that instant: a page that
-# stops short of it cannot be overtaken by a commit that lands behind its cursor.
-_HORIZON = sa.text("""
-    SELECT coalesce(min(xact_start), now()) FROM pg_stat_activity
-     WHERE datname = current_database() AND backend_type = 'client backend' AND xact_start IS NOT NULL
-""")
-
-
 def sync_stamp(table: Table):
     """The column a sync orders by: updated_at, or created_at for an append-only table."""
     return table.c.updated_at if "updated_at" in table.c else table.c.created_at
 
 
-def encode_cursor(stamp: dt.datetime, row_id: str) -> str:
-    """An opaque position in a sync: after the change of ``row_id`` at ``stamp``.
-
-    Microseconds since 1970 and the id's hex digits: every string the spec's pattern admits is a
-    position (the contract tests send such strings and expect no 400), and the server writes the
-    microsecond precision PostgreSQL keeps."""
-    return f"{(stamp - _EPOCH) // dt.timedelta(microseconds=1)}.{uuid.UUID(str(row_id)).hex}"
-
-
-def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
-    """The position a ``next_cursor`` names (a position before year 1 is year 1: nothing is older)."""
-    micros, _, row_id = cursor.partition(".")
-    try:
-        stamp = _EPOCH + dt.timedelta(microseconds=int(micros))
-        return stamp, str(uuid.UUID(hex=row_id))
-    except OverflowError:
-        return dt.datetime.min.replace(tzinfo=dt.timezone.utc), str(uuid.UUID(hex=row_id))
-    except ValueError:
-        raise ApiError("VALIDATION_ERROR", "cursor is not a next_cursor this server gave", field="cursor") from None
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_size: int,
@@ -483,11 +451,13 @@ def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_
     stamp = sync_stamp(table)
     after = sa.tuple_(stamp, table.c.id) > sa.tuple_(sa.literal(position[0], stamp.type),
                                                     sa.cast(position[1], table.c.id.type))
-    where = [*where, after, stamp < conn.execute(_HORIZON).scalar_one()]
+    where = [*where, after, stamp < sync.horizon(conn)]
     oldest_first = (stamp.asc(), table.c.id.asc())
     page_ids = select(table.c.id).where(*where).order_by(*oldest_first).limit(page_size)
     rows = conn.execute(query.select.where(table.c.id.in_(page_ids)).order_by(*oldest_first),
                         {EMBED_ORG: caller.org_id}).all()
+    if rows and resource.patient_column:
+        access.record(conn, caller, "sync", resource.name, [row._mapping[resource.patient_column] for row in rows])
     items = [query.split(row) for row in rows]
     if items:
         _attach_many(conn, resource, caller, items, embed)
@@ -495,7 +465,7 @@ def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_
         position = (last[stamp.name], last["id"])
     total, estimated = _count(conn, table, where, count_key, config.current().count_exact_limit)
     return {resource.plural: items, "total": total, "total_estimated": estimated,
-            "next_cursor": encode_cursor(*position), "has_more": len(items) == page_size}
+            "next_cursor": sync.encode_cursor(*position), "has_more": len(items) == page_size}
 
 
 def _search_page(conn, table: Table, where: list, page_size: int, offset: int, limit: int):

@@ -92,7 +92,7 @@ class Sample(NamedTuple):
 
 
 @functools.cache
-def _spec() -> dict:
+def openapi() -> dict:
     with open(config.ROOT / "spec" / "openapi.yaml", encoding="utf-8") as handle:
         return yaml.safe_load(handle)
 
@@ -105,11 +105,11 @@ def as_read(name: str, created: dict) -> dict:
 
 
 def _request_schema(path: str, method: str) -> dict | None:
-    operation = _spec()["paths"].get(path, {}).get(method)
+    operation = openapi()["paths"].get(path, {}).get(method)
     if operation is None or "requestBody" not in operation:
         return None
     ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-    return _spec()["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    return openapi()["components"]["schemas"][ref.rsplit("/", 1)[-1]]
 
 
 def _world_attribute(target) -> str:
@@ -162,5 +162,5 @@ def _sample(resource) -> Sample | None:
 
 
 RESOURCES = {name: sample for name, sample in
-             ((r.name, _sample(r)) for r in contract.derive(_spec(), descriptors.ALL).values()) if sample}
+             ((r.name, _sample(r)) for r in contract.derive(openapi(), descriptors.ALL).values()) if sample}
 NAMES = list(RESOURCES)

@@ -135,3 +135,17 @@ def test_access_log_synchronous_commit_waits_for_the_flush(app_with, world):
                           lambda: strict.get(f"/patients/{world.patient_id}", headers=world.org.headers))
     [recorded] = [s for s in sent if "access_log" in s]
     assert "synchronous_commit" not in recorded
+
+
+def test_a_sync_page_of_patient_data_records_who_read_it(client, world, engine):
+    org = world.org
+    appointment = post(client, org, "/appointments", {"patient_id": world.patient_id, "staff_id": world.staff_id,
+                                                      "branch_id": world.branch_id, "date": next_slot()})
+    for path in ("/patients", "/appointments"):
+        response = client.get(path, params={"updatedSince": appointment["created_at"][:4] + "-01-01T00:00:00Z"},
+                              headers=org.headers)
+        assert response.status_code == 200
+    client.get("/branches", params={"updatedSince": "2026-01-01T00:00:00Z"}, headers=org.headers)
+    rows = access_rows(engine, org.org_id)
+    assert [(r["resource"], r["action"], r["patient_ids"]) for r in rows] == [
+        ("patient", "sync", [world.patient_id]), ("appointment", "sync", [world.patient_id])]

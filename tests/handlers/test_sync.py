@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from models import database
 from tests.conftest import error_of
-from tests.factories import NAMES, RESOURCES, post
+from tests.factories import NAMES, RESOURCES, make_row, openapi, post
 
 _NEXT = re.compile(r'<([^>]*)>; rel="next"')
 
@@ -129,15 +129,58 @@ def test_a_sync_page_is_an_index_range_scan(client, world_a, engine):
         if "ORDER BY patient.updated_at ASC" in statement:
             statements.append((statement, parameters))
 
-    reader = database.current_pools().reader
-    sa.event.listen(reader, "before_cursor_execute", keep)
+    primary = database.current_pools().writer  # a sync reads where its horizon is true
+    sa.event.listen(primary, "before_cursor_execute", keep)
     try:
         sync(client, org, "/patients", updatedSince="2026-01-01T00:00:00Z")
     finally:
-        sa.event.remove(reader, "before_cursor_execute", keep)
+        sa.event.remove(primary, "before_cursor_execute", keep)
     statement, parameters = statements[0]
     with engine.connect() as conn:
         conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
     assert "patient_org_sync_idx" in plan
     assert re.search(r"Index Cond: .*org_id = .*ROW\(updated_at, id\) >", plan), plan
+
+
+def test_every_list_in_the_spec_syncs():
+    """A list operation (it pages) declares updatedSince and cursor, so none is left out of a sync."""
+    lists = [(path, operation["operationId"], {p.get("$ref", "").rsplit("/", 1)[-1] for p in operation.get("parameters", [])})
+             for path, item in openapi()["paths"].items() for method, operation in item.items() if method == "get"]
+    paged = [(path, op, refs) for path, op, refs in lists if "Page" in refs]
+    assert len(paged) >= 16
+    assert [op for _, op, refs in paged if not {"UpdatedSince", "Cursor"} <= refs] == []
+
+
+def test_a_subscriptions_deliveries_sync(client, world_a):
+    org = world_a.org
+    subscription = make_row(org, "webhook", {"url": "https://127.0.0.1/hooks", "events": ["patient.created"]})
+    since = subscription["created_at"].isoformat()
+    created = [post(client, org, "/patients", {"branch_id": org.branch_id, "name": f"Synced {n}"}) for n in range(3)]
+    path = f"/webhooks/{subscription['id']}/deliveries"
+    first = sync(client, org, path, updatedSince=since, pageSize=2).json()["data"]
+    rest = sync(client, org, path, cursor=first["next_cursor"], pageSize=2).json()["data"]
+    resources = [d["resource_id"] for d in first["deliveries"] + rest["deliveries"]]
+    assert resources == [p["id"] for p in created] and first["has_more"] and not rest["has_more"]
+
+
+def test_a_patients_access_history_syncs_reads_and_changes_in_order(client, world_a):
+    org = world_a.org
+    patient = post(client, org, "/patients", {"branch_id": org.branch_id, "name": "Watched"})
+    client.get(f"/patients/{patient['id']}", headers=org.headers)
+    client.patch(f"/patients/{patient['id']}", json={"phone": "555"}, headers=org.headers)
+    client.get(f"/patients/{patient['id']}", headers=org.headers)
+    path = f"/patients/{patient['id']}/access-log"
+    entries, cursor, pages = [], None, 0
+    query = {"updatedSince": patient["created_at"], "pageSize": 1}
+    while True:
+        page = sync(client, org, path, **({"cursor": cursor, "pageSize": 1} if cursor else query)).json()["data"]
+        entries += page["entries"]
+        cursor, pages = page["next_cursor"], pages + 1
+        if not page["has_more"]:
+            break
+    assert [(e["kind"], e["action"]) for e in entries] == [("change", "create"), ("read", "get"),
+                                                            ("change", "update"), ("read", "get")]
+    assert pages == 5  # four full pages, then an empty one that says the sync is done
+    later = sync(client, org, path, cursor=cursor).json()["data"]
+    assert later["entries"] == [] and later["total"] == 0
