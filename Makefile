@@ -53,10 +53,11 @@ BENCH_WRK = command -v wrk >/dev/null 2>&1 || { echo "wrk not found: installing 
 	|| echo "wrk could not be installed: falling back to the Python load generator (bench/loadgen.py)"; }
 
 .PHONY: bench bench-smoke
-bench: $(STAMP) ## Benchmark the API against a bare Flask+psycopg2 baseline with wrk (1M patients; bench/README.md)
+bench: $(STAMP) ## Benchmark the API beside a FastAPI peer, a Starlette floor and a Flask baseline (1M patients; bench/README.md)
 	@$(BENCH_WRK)
 	$(BIN)/python bench/run.py
 
-bench-smoke: $(STAMP) ## The same benchmark at 10,000 patients and 3 s per scenario (about a minute)
+bench-smoke: $(STAMP) ## The same benchmark at 10,000 patients, 2 rounds of 1 s per scenario (2-3 minutes)
 	@$(BENCH_WRK)
-	BENCH_PATIENTS=10000 BENCH_DURATION=3 $(BIN)/python bench/run.py
+	BENCH_PATIENTS=10000 BENCH_DURATION=1 BENCH_ROUNDS=2 BENCH_LATENCY_DURATION=1 BENCH_SQL_SAMPLES=20 \
+	  $(BIN)/python bench/run.py

@@ -14,9 +14,12 @@ It reports; it never fails on a missed target. See bench/README.md.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
+import resource
+import statistics
 import tempfile
 import shutil
 import signal
@@ -35,6 +38,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import warnings  # noqa: E402
 
+import equality  # noqa: E402
 import seed as seeding  # noqa: E402
 from scenarios import Context, Scenario, scenarios  # noqa: E402
 
@@ -44,6 +48,9 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
 
 RESULTS = BENCH_DIR / "results"
+PEER_DIR = BENCH_DIR / "peer"
+PEER_REQUIREMENTS = PEER_DIR / "requirements.txt"
+PEER_VENV = ROOT / ".local" / "bench-peer-venv"
 BIN = Path(sys.executable).parent  # .venv/bin: clinic-api and gunicorn live next to python
 # One thread per gthread worker: measured fastest for these sub-millisecond queries (2 workers on 2
 # cores: ~2,200 req/s at 1 thread, ~1,600 at 2, ~1,000 at 4 and 8: GIL contention), and unlike the
@@ -80,6 +87,7 @@ class Options:
     latency_connections: int  # the unloaded run: per-request latency, not queueing
     latency_duration: int
     scale_patients: int  # the small database the 2x latency comparison runs against (0: off)
+    rounds: int  # each scenario is run this many times on every server, the servers interleaved
 
     @classmethod
     def from_env(cls) -> "Options":
@@ -98,6 +106,7 @@ class Options:
             latency_connections=_int_env("BENCH_LATENCY_CONNECTIONS", 1),
             latency_duration=_int_env("BENCH_LATENCY_DURATION", max(2, duration // 4)),
             scale_patients=_int_env("BENCH_SCALE_PATIENTS", 10_000),
+            rounds=max(1, _int_env("BENCH_ROUNDS", 3)),
         )
 
 
@@ -170,6 +179,7 @@ def free_port() -> int:
 class Server:
     def __init__(self, name: str, command: list[str], env: dict, port: int, workers: int):
         self.name, self.port, self.workers = name, port, workers
+        self.application_name = "clinic-api"  # the PostgreSQL backends serving it (set per server)
         self.base = f"http://127.0.0.1:{port}"
         (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
         self.log_path = RESULTS / "logs" / f"{name}.log"
@@ -294,7 +304,131 @@ def start_baseline(url: str, opts: Options, org_id: str) -> Server:
         "--threads", str(BASELINE_THREADS), "--keep-alive", "5", "--log-level", "warning",
         "--graceful-timeout", "10", "baseline:create_app()",
     ]
-    return Server("baseline", command, env, port, opts.workers)
+    server = Server("baseline", command, env, port, opts.workers)
+    server.application_name = "bench-baseline"
+    return server
+
+
+def peer_environment() -> Path:
+    """The bin directory of the peer's own virtualenv (``.local/bench-peer-venv``), installed from
+    ``peer/requirements.txt`` when that file changed: FastAPI, asyncpg and pydantic never enter the
+    API's environment, and the API's pins never decide the peer's."""
+    digest = hashlib.sha256(PEER_REQUIREMENTS.read_bytes()).hexdigest()[:16]
+    stamp = PEER_VENV / f".installed-{digest}"
+    if not stamp.exists():
+        started = time.monotonic()
+        shutil.rmtree(PEER_VENV, ignore_errors=True)
+        for command in ([sys.executable, "-m", "venv", str(PEER_VENV)],
+                        [str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                         "--disable-pip-version-check", "-r", str(PEER_REQUIREMENTS)]):
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"could not install the peer's environment ({' '.join(command[:4])}...):\n"
+                                 f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        stamp.touch()
+        log(f"installed the peer's environment from bench/peer/requirements.txt in {time.monotonic() - started:.1f}s")
+    return PEER_VENV / "bin"
+
+
+def start_peer(url: str, opts: Options, bin_dir: Path, *, name: str, module: str, extra_env: dict) -> Server:
+    """The FastAPI peer (``peer/app.py``) or the Starlette floor (``peer/floor.py``), served as the
+    API is: gunicorn with uvicorn workers, one per core, metrics shared between workers."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update({"PEER_DATABASE_URL": url, "LOG_LEVEL": "WARNING", "PEER_APPLICATION_NAME": f"bench-{name}"})
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if opts.workers > 1 and module == "app":
+        shared = RESULTS / "logs" / f"{name}-metrics"
+        shutil.rmtree(shared, ignore_errors=True)
+        shared.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(shared)
+    env.update(extra_env)
+    command = [str(bin_dir / "gunicorn"), "--chdir", str(PEER_DIR), "--bind", f"127.0.0.1:{port}",
+               "--workers", str(opts.workers), "--worker-class", "uvicorn_worker.UvicornWorker",
+               "--log-level", "warning", "--graceful-timeout", "10", f"{module}:create_app()"]
+    server = Server(name, command, env, port, opts.workers)
+    server.application_name = f"bench-{name}"
+    return server
+
+
+def admin_id(url: str, email: str) -> str:
+    import psycopg2
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id::text FROM staff WHERE lower(email) = lower(%s)", (email,))
+        return cur.fetchone()[0]
+
+
+def other_organization(url: str, org_id: str) -> tuple[str, str]:
+    """A patient and a branch of another organization than the benchmarked one."""
+    import psycopg2
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT p.id::text, p.branch_id::text FROM patient p WHERE p.org_id <> %s AND p.deleted_at IS NULL"
+                    " LIMIT 1", (org_id,))
+        return cur.fetchone()
+
+
+# --- CPU: the servers', PostgreSQL's, and the rest of the machine's ---------------------------------
+
+class Backends:
+    """CPU time of the PostgreSQL backends serving one server, found by their application_name
+    (None when the database server is not on this machine)."""
+
+    def __init__(self, url: str):
+        import psycopg2
+
+        self.conn = psycopg2.connect(url, application_name="bench-probe")
+        self.conn.autocommit = True
+
+    def cpu_seconds(self, application_name: str) -> float | None:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,))
+            pids = [row[0] for row in cur.fetchall()]
+        total, seen = 0, False
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            seen = True
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK") if seen else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every core of the machine has spent busy so far (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _snapshot(server: "Server", backends: Backends) -> dict:
+    return {"at": time.monotonic(), "server": server.cpu_seconds(),
+            "postgres": backends.cpu_seconds(server.application_name),
+            "machine": machine_busy_seconds(), "loadgen": _children_cpu_seconds()}
+
+
+def _cpu_figures(before: dict, after: dict, requests: int) -> dict:
+    """Per request: the server's CPU and its PostgreSQL backends'; and how many cores everything
+    else on the machine kept busy meanwhile (other developers' tests, not the load generator)."""
+    seconds = max(after["at"] - before["at"], 1e-6)
+    server = after["server"] - before["server"]
+    postgres = None if before["postgres"] is None or after["postgres"] is None else after["postgres"] - before["postgres"]
+    loadgen = after["loadgen"] - before["loadgen"]
+    others = after["machine"] - before["machine"] - server - (postgres or 0) - loadgen
+    per = (lambda cpu: round(cpu * 1000 / requests, 3) if requests and cpu is not None else None)
+    return {"cpu_ms_per_req": per(server), "pg_ms_per_req": per(postgres),
+            "loadgen_cores": round(loadgen / seconds, 2), "others_cores": round(max(others, 0) / seconds, 2),
+            "load_average": round(os.getloadavg()[0], 2)}
 
 
 def login(base: str, email: str, password: str) -> str:
@@ -458,6 +592,48 @@ def run_load(opts: Options, scenario: Scenario, base: str, env: dict, duration: 
     }
 
 
+def targets_of(scenario: Scenario) -> list[str]:
+    """The servers a scenario runs on: the API, the FastAPI peer, the Starlette floor, and the
+    Flask baseline where it has the operation."""
+    return ["api", "peer", "floor"] + (["baseline"] if scenario.baseline else [])
+
+
+def measure(opts: Options, scenario: Scenario, server: "Server", env: dict, url: str, backends: Backends,
+            *, warm: bool) -> dict:
+    """One measured run at ``opts.connections`` with its CPU figures, then the same requests from
+    one connection."""
+    if scenario.writes:
+        settle(url)
+    if warm and opts.warmup:
+        run_load(opts, scenario, server.base, env, opts.warmup)
+    before = _snapshot(server, backends)
+    result = run_load(opts, scenario, server.base, env, opts.duration)
+    result.update(_cpu_figures(before, _snapshot(server, backends), result["requests"]))
+    # At 32 connections on 2 cores a request mostly waits its turn (p50 ~ 32 / req/s); the same
+    # requests from one connection give the latency of a request itself.
+    quiet = run_load(opts, scenario, server.base, env, opts.latency_duration, connections=opts.latency_connections)
+    result.update(p50_1c_ms=quiet["p50_ms"], p99_1c_ms=quiet["p99_ms"])
+    return result
+
+
+_MEDIANS = ("rps", "p50_ms", "p99_ms", "p50_1c_ms", "p99_1c_ms", "cpu_ms_per_req", "pg_ms_per_req",
+            "others_cores", "load_average")
+
+
+def summarise(scenario: Scenario, name: str, runs: list[dict], counted: dict) -> dict:
+    """The medians of a scenario's runs on one server (errors added up), with every run kept."""
+    row = {"scenario": scenario.name, "label": scenario.label, "target": name, "rounds": len(runs)}
+    for key in _MEDIANS:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        row[key] = round(statistics.median(values), 3) if values else None
+    row.update(rps_min=min(run["rps"] for run in runs), rps_max=max(run["rps"] for run in runs),
+               requests=sum(run["requests"] for run in runs), errors=sum(run["errors"] for run in runs),
+               first_error=next((run["first_error"] for run in runs if run["first_error"]), None),
+               ratio=None, vs_peer=None, cpu_vs_peer=None, statements=counted.get("statements"),
+               round_trips=counted.get("round_trips"), runs=runs)
+    return row
+
+
 def measure_page_cost(opts: Options, scenario: Scenario, base: str, env: dict, max_page: int) -> dict:
     """Unloaded latency of the first and the last list page: the list's index should make them equal."""
     result = {}
@@ -548,24 +724,44 @@ def evaluate(rows: list[dict], sql: dict, api_memory: list[dict], page_cost: dic
     if api_memory:
         worst = max(m["rss_mb"] for m in api_memory)
         goal("rss", "RSS per API worker < 200 MB", f"max {worst} MB", worst < 200)
+    # Against the FastAPI peer doing the same work (issue 21), at 1,000,000 patients.
+    for name, wanted in (("get_patient", 0.85), ("create_patient", 0.85), ("list_patients", 1.0),
+                         ("search_common", 1.0), ("search_rare", 1.0), ("list_appointments", 1.0)):
+        r = row(name)
+        if r and r["vs_peer"] is not None:
+            goal(f"peer_{name}", f">= {wanted}x the peer's req/s, server CPU <= 1.3x the peer's",
+                 f"{r['vs_peer']}x req/s, {r['cpu_vs_peer']}x CPU",
+                 r["vs_peer"] >= wanted and r["cpu_vs_peer"] is not None and r["cpu_vs_peer"] <= 1.3)
+    for name in ("get_patient", "list_patients"):
+        r = row(name)
+        if r:
+            goal(f"p99_{name}", "p99 < 50 ms at 32 connections", f"{r['p99_ms']} ms", r["p99_ms"] < 50)
     return goals
 
 
 def print_table(rows: list[dict], goals: list[dict]) -> None:
     verdict = {g["scenario"]: g["result"] for g in goals}
-    header = (f"{'scenario':<28} {'target':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-              f"{'api/base':>8} {'cpu ms/req':>10} {'p50@1c':>7} {'p99@1c':>7} {'stmts/req':>9} {'trips/req':>9}  goal")
+    header = (f"{'scenario':<28} {'target':<8} {'req/s':>8} {'min-max':>13} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'errors':>6} {'api/peer':>8} {'api/base':>8} {'cpu ms/req':>10} {'pg ms/req':>9} "
+              f"{'p50@1c':>7} {'p99@1c':>7} {'stmts':>5} {'trips':>5} {'others':>6}  goal")
     log(header)
     log("-" * len(header))
+
+    def fixed(value, digits=2, suffix=""):
+        return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
     for r in rows:
-        ratio = f"{r['ratio']:.3f}x" if r["ratio"] is not None else "-"
+        mark = verdict.get(r["scenario"], "") if r["target"] == "api" else ""
+        spread = f"{r['rps_min']:.0f}-{r['rps_max']:.0f}"
         stmts = "-" if r["statements"] is None else f"{r['statements']:g}"
         trips = "-" if r["round_trips"] is None else f"{r['round_trips']:g}"
-        cpu = "-" if r.get("cpu_ms_per_req") is None else f"{r['cpu_ms_per_req']:.2f}"
-        mark = verdict.get(r["scenario"], "") if r["target"] == "api" else ""
-        log(f"{r['label']:<28} {r['target']:<8} {r['rps']:>8.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-            f"{r['errors']:>7} {ratio:>8} {cpu:>10} {r['p50_1c_ms']:>7.2f} {r['p99_1c_ms']:>7.2f} "
-            f"{stmts:>9} {trips:>9}  {mark}")
+        log(f"{r['label']:<28} {r['target']:<8} {r['rps']:>8.1f} {spread:>13} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['errors']:>6} {fixed(r['vs_peer'], 3, 'x'):>8} {fixed(r['ratio'], 3, 'x'):>8} "
+            f"{fixed(r['cpu_ms_per_req']):>10} {fixed(r['pg_ms_per_req']):>9} {r['p50_1c_ms']:>7.2f} "
+            f"{r['p99_1c_ms']:>7.2f} {stmts:>5} {trips:>5} {fixed(r['others_cores']):>6}  {mark}")
+    log("req/s, latencies and CPU are medians over the rounds; min-max is the req/s range; cpu ms/req is the "
+        "server's workers, pg ms/req the PostgreSQL backends serving it; others: cores kept busy by the rest of "
+        "the machine (not the servers, PostgreSQL's backends nor the load generator) during the run")
 
 
 def main() -> int:
@@ -615,17 +811,23 @@ def main() -> int:
 
     # 3-4. servers
     key_file = signing_key_file()
+    peer_bin = peer_environment()
+    admin = admin_id(url, seeded.admin_email)
     api = start_api(url, opts, key_file)
     base = start_baseline(url, opts, seeded.org_id)
+    peer = start_peer(url, opts, peer_bin, name="peer", module="app", extra_env={"JWT_SIGNING_KEY_FILE": key_file})
+    floor = start_peer(url, opts, peer_bin, name="floor", module="floor",
+                       extra_env={"FLOOR_ORG_ID": seeded.org_id, "FLOOR_USER_ID": admin})
+    servers = {"api": api, "peer": peer, "floor": floor, "baseline": base}
     rows: list[dict] = []
-    api_memory: list[dict] = []
-    base_memory: list[dict] = []
+    memory: dict[str, list[dict]] = {}
     sql: dict = {}
     page_cost: dict = {}
+    backends = Backends(url)
     try:
-        api_ready, base_ready = api.wait_ready(), base.wait_ready()
-        log(f"api on {api.base} (workers {api.worker_pids()}, ready in {api_ready:.1f}s); "
-            f"baseline on {base.base} (workers {base.worker_pids()}, ready in {base_ready:.1f}s)")
+        for server in servers.values():
+            ready = server.wait_ready()
+            log(f"{server.name} on {server.base} (workers {server.worker_pids()}, ready in {ready:.1f}s)")
         token = login(api.base, seeded.admin_email, seeded.password)
 
         # Same answer shape from both servers?
@@ -638,6 +840,21 @@ def main() -> int:
         if api_keys != base_keys:
             log(f"  warning: api and baseline answer different fields: {api_keys} vs {base_keys}")
 
+        # The peer and the floor answer as the API does, or their figures mean nothing.
+        started = time.monotonic()
+        log("equality check: the same requests to the API, the peer and (the scenarios' own) the floor")
+        other_patient, other_branch = other_organization(url, seeded.org_id)
+        problems = equality.check(
+            api=api.base, peer=peer.base, floor=floor.base, token=token, key_file=key_file, url=url, log=log,
+            ctx={"patient_id": one, "other_patient_id": other_patient, "branch_id": seeded.branch_id,
+                 "other_branch_id": other_branch, "org_id": seeded.org_id, "other_org_id": seeding.org_uuid(2),
+                 "common": common, "rare": rare})
+        if problems:
+            log("EQUALITY CHECK FAILED: the peer no longer answers as the API does (fix bench/peer/):\n  "
+                + "\n  ".join(problems))
+            return 1
+        log(f"equality check passed in {time.monotonic() - started:.1f}s")
+
         # 6. statements per request, before the load (it doubles as a functional check)
         started = time.monotonic()
         api_env = dict(os.environ, DATABASE_URL=url, APP_ENV="production", JWT_SIGNING_KEY_FILE=key_file,
@@ -646,39 +863,40 @@ def main() -> int:
         log(f"counted SQL per request over {opts.samples} in-process requests per scenario "
             f"in {time.monotonic() - started:.1f}s")
 
-        # 5. load
+        # 5. load: every scenario on every server, round after round, in an order that turns each
+        # round; the writes after all the reads, so no read runs on rows another server's creates added.
+        runs: dict[tuple[str, str], list[dict]] = {}
+        for phase in ([s for s in chosen if not s.writes], [s for s in chosen if s.writes]):
+            for round_ in range(opts.rounds):
+                for scenario in phase:
+                    names = targets_of(scenario)
+                    turn = round_ % len(names)
+                    for name in names[turn:] + names[:turn]:
+                        server = servers[name]
+                        env = load_env(scenario, contexts[scenario.name], token if name in ("api", "peer") else "",
+                                       ids_file)
+                        result = measure(opts, scenario, server, env, url, backends,
+                                         warm=round_ == 0 or opts.duration >= 10)
+                        runs.setdefault((scenario.name, name), []).append(result)
+                        if scenario.name == "list_patients" and name == "api" and round_ == 0:
+                            page_cost = measure_page_cost(opts, scenario, api.base, env,
+                                                          contexts[scenario.name].max_page)
+                        log(f"  r{round_ + 1} {scenario.label:<28} {name:<8} {result['rps']:>8.1f} req/s  "
+                            f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
+                            f"cpu {result['cpu_ms_per_req']} ms/req  pg {result['pg_ms_per_req']} ms/req  "
+                            f"errors {result['errors']}  others {result['others_cores']} cores  "
+                            f"load {result['load_average']:.1f}"
+                            + (f"  first error: {result['first_error'][:160]}" if result["first_error"] else ""))
         for scenario in chosen:
-            for server in (api, base) if scenario.baseline else (api,):
-                env = load_env(scenario, contexts[scenario.name],
-                               token if server is api else "", ids_file)
-                if scenario.writes:
-                    settle(url)
-                if opts.warmup:
-                    run_load(opts, scenario, server.base, env, opts.warmup)
-                cpu_before = server.cpu_seconds()
-                result = run_load(opts, scenario, server.base, env, opts.duration)
-                cpu = server.cpu_seconds() - cpu_before
-                # Server CPU per request: less sensitive than req/s to whatever else runs.
-                result["cpu_ms_per_req"] = round(cpu * 1000 / result["requests"], 2) if result["requests"] else None
-                # At 32 connections on 2 cores a request mostly waits its turn (p50 ~ 32 / req/s);
-                # the same requests from one connection give the latency of a request itself.
-                quiet = run_load(opts, scenario, server.base, env, opts.latency_duration,
-                                 connections=opts.latency_connections)
-                result.update(p50_1c_ms=quiet["p50_ms"], p99_1c_ms=quiet["p99_ms"])
-                if scenario.name == "list_patients" and server is api:
-                    page_cost = measure_page_cost(opts, scenario, api.base, env, contexts[scenario.name].max_page)
-                counted = sql.get(f"{scenario.name}/{server.name}", {})
-                rows.append({"scenario": scenario.name, "label": scenario.label, "target": server.name,
-                             **result, "ratio": None, "statements": counted.get("statements"),
-                             "round_trips": counted.get("round_trips")})
-                log(f"  {scenario.label:<28} {server.name:<8} {result['rps']:>8.1f} req/s  "
-                    f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  errors {result['errors']}  "
-                    f"load {os.getloadavg()[0]:.1f}"
-                    + (f"  first error: {result['first_error'][:160]}" if result["first_error"] else ""))
-        api_memory, base_memory = api.worker_memory(), base.worker_memory()
+            for name in targets_of(scenario):
+                counted = sql.get(f"{scenario.name}/{name}", {})
+                rows.append(summarise(scenario, name, runs[(scenario.name, name)], counted))
+        memory = {name: server.worker_memory() for name, server in servers.items()}
     finally:
-        api.stop()
-        base.stop()
+        backends.close()
+        for server in servers.values():
+            server.stop()
+    api_memory = memory.get("api", [])
 
     scale = None
     if opts.scale_patients and opts.patients > opts.scale_patients:
@@ -691,15 +909,25 @@ def main() -> int:
             if other and other["rps"]:
                 # Three decimals: rounded to two, 0.597 read as 0.6 and passed a 0.6x target.
                 r["ratio"] = round(r["rps"] / other["rps"], 3)
+            peer_row = next((b for b in rows if b["scenario"] == r["scenario"] and b["target"] == "peer"), None)
+            if peer_row and peer_row["rps"]:
+                r["vs_peer"] = round(r["rps"] / peer_row["rps"], 3)
+                if r["cpu_ms_per_req"] and peer_row["cpu_ms_per_req"]:
+                    r["cpu_vs_peer"] = round(r["cpu_ms_per_req"] / peer_row["cpu_ms_per_req"], 3)
     goals = evaluate(rows, sql, api_memory, page_cost, scale)
 
     log()
     print_table(rows, goals)
     log()
-    log("RSS per API worker after the run: " + ", ".join(
-        f"pid {m['pid']} {m['rss_mb']} MB (peak {m['peak_rss_mb']})" for m in api_memory))
-    log("RSS per baseline worker:          " + ", ".join(
-        f"pid {m['pid']} {m['rss_mb']} MB (peak {m['peak_rss_mb']})" for m in base_memory))
+    for name, workers in memory.items():
+        log(f"RSS per {name} worker after the run: " + ", ".join(
+            f"pid {m['pid']} {m['rss_mb']} MB (peak {m['peak_rss_mb']})" for m in workers))
+    others = [run["others_cores"] for r in rows for run in r["runs"]]
+    loads = [run["load_average"] for r in rows for run in r["runs"]]
+    if others:
+        log(f"the rest of the machine during the measured runs: {statistics.median(others):.2f} cores busy "
+            f"(median; {min(others):.2f}-{max(others):.2f}) of {_cores()}, load average "
+            f"{statistics.median(loads):.1f} (median; {min(loads):.1f}-{max(loads):.1f})")
     log("targets (reported, not enforced):")
     for g in goals:
         log(f"  {g['result']:<4} {g['scenario']:<22} {g['goal']:<52} {g['value']}")
@@ -715,7 +943,7 @@ def main() -> int:
                  "search_matches_in_org": matches},
         "results": rows,
         "sql_per_request": sql,
-        "rss": {"api_workers": api_memory, "baseline_workers": base_memory},
+        "rss": {f"{name}_workers": workers for name, workers in memory.items()},
         "page_cost": page_cost,
         "scale": scale,
         "targets": goals,
