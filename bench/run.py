@@ -56,6 +56,8 @@ BIN = Path(sys.executable).parent  # .venv/bin: clinic-api and gunicorn live nex
 # cores: ~2,200 req/s at 1 thread, ~1,600 at 2, ~1,000 at 4 and 8: GIL contention), and unlike the
 # sync worker it keeps connections alive, as the API's uvicorn workers do.
 BASELINE_THREADS = int(os.environ.get("BENCH_BASELINE_THREADS") or 1)
+# An access token lives 15 minutes (ACCESS_TOKEN_TTL_SECONDS); a full run takes about 30.
+TOKEN_RENEWAL_S = 600
 
 
 def log(message: str = "") -> None:
@@ -548,6 +550,54 @@ def count_statements(url: str, api_env: dict, token: str, seeded, contexts: dict
     return results
 
 
+def count_peer_round_trips(url: str, opts: Options, peer_bin: Path, secret: str, token: str,
+                           contexts: dict[str, Context], chosen: list[Scenario], samples: int) -> dict:
+    """The peer's round trips per request, counted as the API's are: a peer of one worker with one
+    connection per pool, connected through the wirecount.py proxy, sent each scenario's request
+    ``samples`` times after three warm-up requests (asyncpg prepares a statement the first time a
+    connection runs it, a round trip of its own). The floor sends the same statements."""
+    import dataclasses
+    import itertools
+    import random
+
+    import httpx
+    from sqlalchemy.engine import make_url
+    from wirecount import WireCounter
+
+    counter = WireCounter(url)
+    proxied = make_url(url).set(drivername="postgresql", host="127.0.0.1", port=counter.port,
+                                query={"sslmode": "disable"}).render_as_string(hide_password=False)
+    server = start_peer(proxied, dataclasses.replace(opts, workers=1), peer_bin, name="peer-counted", module="app",
+                        extra_env={"JWT_SECRET": secret, "DB_POOL_SIZE": "1"})
+    results = {}
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.base, timeout=30,
+                          headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}) as client:
+            for scenario in chosen:
+                ctx, rng, seq = contexts[scenario.name], random.Random(7), itertools.count(1)
+
+                def call():
+                    method, path, body = scenario.build(ctx, rng, seq)
+                    return client.request(method, path, content=body).status_code
+
+                for _ in range(3):
+                    call()
+                before = counter.count()
+                failures = 0
+                for i in range(samples):
+                    if i == samples - 1:
+                        counter.take_recent()
+                    failures += call() >= 300
+                trips = round((counter.count() - before) / samples, 2)
+                results[f"{scenario.name}/peer"] = {"round_trips": trips, "statements": trips, "failures": failures,
+                                                    "wire_sample": counter.take_recent()}
+    finally:
+        server.stop()
+        counter.close()
+    return results
+
+
 # --- load ------------------------------------------------------------------------------------------------
 
 def load_env(scenario: Scenario, ctx: Context, token: str, ids_file: Path) -> dict:
@@ -828,7 +878,7 @@ def main() -> int:
         for server in servers.values():
             ready = server.wait_ready()
             log(f"{server.name} on {server.base} (workers {server.worker_pids()}, ready in {ready:.1f}s)")
-        token = login(api.base, seeded.admin_email, seeded.password)
+        token, token_at = login(api.base, seeded.admin_email, seeded.password), time.monotonic()
 
         # Same answer shape from both servers?
         import httpx
@@ -860,8 +910,14 @@ def main() -> int:
         api_env = dict(os.environ, DATABASE_URL=url, APP_ENV="production", JWT_SIGNING_KEY_FILE=key_file,
                        RATE_LIMIT_ENABLED="false", LOG_LEVEL="WARNING")
         sql = count_statements(url, api_env, token, seeded, contexts, chosen, opts.samples)
-        log(f"counted SQL per request over {opts.samples} in-process requests per scenario "
+        sql.update(count_peer_round_trips(url, opts, peer_bin, secret, token, contexts, chosen, opts.samples))
+        log(f"counted SQL per request over {opts.samples} requests per scenario "
             f"in {time.monotonic() - started:.1f}s")
+        for scenario in chosen:
+            api_trips = sql.get(f"{scenario.name}/api", {}).get("round_trips")
+            peer_trips = sql[f"{scenario.name}/peer"]["round_trips"]
+            if api_trips != peer_trips:
+                log(f"  note: {scenario.label}: {api_trips} round trips per request for the API, {peer_trips} for the peer")
 
         # 5. load: every scenario on every server, round after round, in an order that turns each
         # round; the writes after all the reads, so no read runs on rows another server's creates added.
@@ -873,6 +929,8 @@ def main() -> int:
                     turn = round_ % len(names)
                     for name in names[turn:] + names[:turn]:
                         server = servers[name]
+                        if time.monotonic() - token_at > TOKEN_RENEWAL_S:
+                            token, token_at = login(api.base, seeded.admin_email, seeded.password), time.monotonic()
                         env = load_env(scenario, contexts[scenario.name], token if name in ("api", "peer") else "",
                                        ids_file)
                         result = measure(opts, scenario, server, env, url, backends,
