@@ -178,6 +178,16 @@ def _data(answer: Answer, creates: bool):
     return data
 
 
+def _same_data(api, other) -> bool:
+    """Equal; but two estimated totals (the planner's, asked by each server at its own moment and
+    kept 30 s) may differ by 1%: the estimate follows the table's size on disk."""
+    if (isinstance(api, dict) and isinstance(other, dict) and api.get("total_estimated") is True
+            and other.get("total_estimated") is True):
+        close = abs(api["total"] - other["total"]) <= max(2, api["total"] // 100)
+        return close and {**api, "total": 0} == {**other, "total": 0}
+    return api == other
+
+
 def _differences(case: Case, api: Answer, other: Answer, *, headers: bool = True) -> list[str]:
     problems = []
     if api.status != other.status:
@@ -190,7 +200,7 @@ def _differences(case: Case, api: Answer, other: Answer, *, headers: bool = True
         if (api.body or {}).get("success") is not False or (other.body or {}).get("success") is not False:
             problems.append("an error without success: false")
     elif api.status != 304:
-        if _data(api, case.creates) != _data(other, case.creates):
+        if not _same_data(_data(api, case.creates), _data(other, case.creates)):
             problems.append(f"data differ:\n      api:  {json.dumps(_data(api, case.creates), sort_keys=True)[:600]}"
                             f"\n      peer: {json.dumps(_data(other, case.creates), sort_keys=True)[:600]}")
     if not headers:
