@@ -17,6 +17,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import jwt
@@ -77,6 +78,7 @@ def cases(ctx: dict) -> list[Case]:
         Case("get garbage token", "GET", f"/patients/{pid}", auth="garbage"),
         Case("get Basic credentials", "GET", f"/patients/{pid}", auth="basic"),
         Case("get expired token", "GET", f"/patients/{pid}", auth="expired"),
+        Case("get token of another key", "GET", f"/patients/{pid}", auth="unknown_key"),
         Case("get token without organization", "GET", f"/patients/{pid}", auth="no_org"),
         Case("get without patients:read", "GET", f"/patients/{pid}", auth="appointments_only"),
         Case("list page 1", "GET", "/patients?page=1&pageSize=20", floor=True),
@@ -137,22 +139,36 @@ def cases(ctx: dict) -> list[Case]:
     ]
 
 
-def _tokens(token: str, secret: str) -> dict[str, str | None]:
-    """The bench's token, and tokens minted from its claims with one thing wrong each (so that
-    whatever else a token carries, a session id say, stays as the API issued it)."""
+def _tokens(token: str, key_file: str) -> dict[str, str | None]:
+    """The bench's token, and tokens minted from its claims with one thing wrong each, signed with
+    the servers' key under the token's own header (so that whatever else a token carries, a
+    session id say, stays as the API issued it)."""
     claims = jwt.decode(token, options={"verify_signature": False})
+    header = jwt.get_unverified_header(token)
+    key = Path(key_file).read_bytes()
 
     def mint(**changes):
         minted = {**claims, "jti": str(uuid.uuid4()), **changes}
-        return jwt.encode({k: v for k, v in minted.items() if v is not None}, secret, algorithm="HS256")
+        return jwt.encode({k: v for k, v in minted.items() if v is not None}, key, algorithm=header["alg"],
+                          headers={"kid": header.get("kid")})
 
     now = int(time.time())
     return {"token": token, "none": None, "garbage": "not.a.jwt", "basic": None,
             "expired": mint(iat=now - 3600, exp=now - 1800),
+            "unknown_key": jwt.encode({**claims, "jti": str(uuid.uuid4())}, _other_key(), algorithm=header["alg"],
+                                      headers={"kid": "not-a-key-of-this-server"}),
             "no_org": mint(org_id=None),
             "read_only": mint(scope="patients:read appointments:read"),
             "appointments_only": mint(scope="appointments:read"),
             "patients_only": mint(scope="patients:read")}
+
+
+def _other_key() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def _send(client: httpx.Client, base: str, case: Case, tokens: dict, request_id: str, etag: str | None) -> Answer:
@@ -241,10 +257,10 @@ def _left_behind(url: str, request_ids: list[str]) -> dict[str, dict]:
     return out
 
 
-def check(*, api: str, peer: str, floor: str | None, token: str, secret: str, url: str, ctx: dict,
+def check(*, api: str, peer: str, floor: str | None, token: str, key_file: str, url: str, ctx: dict,
           log=print) -> list[str]:
     """Every difference found (empty when the peer and the floor answer as the API does)."""
-    tokens = _tokens(token, secret)
+    tokens = _tokens(token, key_file)
     problems: list[str] = []
     sent: list[tuple[Case, str, str, str | None]] = []
     etag = None

@@ -550,7 +550,7 @@ def count_statements(url: str, api_env: dict, token: str, seeded, contexts: dict
     return results
 
 
-def count_peer_round_trips(url: str, opts: Options, peer_bin: Path, secret: str, token: str,
+def count_peer_round_trips(url: str, opts: Options, peer_bin: Path, key_file: str, token: str,
                            contexts: dict[str, Context], chosen: list[Scenario], samples: int) -> dict:
     """The peer's round trips per request, counted as the API's are: a peer of one worker with one
     connection per pool, connected through the wirecount.py proxy, sent each scenario's request
@@ -568,7 +568,7 @@ def count_peer_round_trips(url: str, opts: Options, peer_bin: Path, secret: str,
     proxied = make_url(url).set(drivername="postgresql", host="127.0.0.1", port=counter.port,
                                 query={"sslmode": "disable"}).render_as_string(hide_password=False)
     server = start_peer(proxied, dataclasses.replace(opts, workers=1), peer_bin, name="peer-counted", module="app",
-                        extra_env={"JWT_SECRET": secret, "DB_POOL_SIZE": "1"})
+                        extra_env={"JWT_SIGNING_KEY_FILE": key_file, "DB_POOL_SIZE": "1"})
     results = {}
     try:
         server.wait_ready()
@@ -910,7 +910,7 @@ def main() -> int:
         api_env = dict(os.environ, DATABASE_URL=url, APP_ENV="production", JWT_SIGNING_KEY_FILE=key_file,
                        RATE_LIMIT_ENABLED="false", LOG_LEVEL="WARNING")
         sql = count_statements(url, api_env, token, seeded, contexts, chosen, opts.samples)
-        sql.update(count_peer_round_trips(url, opts, peer_bin, secret, token, contexts, chosen, opts.samples))
+        sql.update(count_peer_round_trips(url, opts, peer_bin, key_file, token, contexts, chosen, opts.samples))
         log(f"counted SQL per request over {opts.samples} requests per scenario "
             f"in {time.monotonic() - started:.1f}s")
         for scenario in chosen:

@@ -7,9 +7,10 @@ Per request, like the API (``middleware/http.py``, ``middleware/auth.py``, ``han
   limit (413 before the body is read), the Prometheus request counter, latency histogram and
   in-progress gauge (shared between workers through ``PROMETHEUS_MULTIPROC_DIR``), pool gauges at
   most once a second, and the JSON log line when ``LOG_LEVEL`` is INFO or lower;
-- the bearer token: PyJWT with HS256 pinned and ``iss``, ``aud`` and the API's required claims
-  checked, kept in a per-worker cache of verified tokens (expiry checked on every use, cleared at
-  10,000); 401 ``UNAUTHORIZED`` with ``WWW-Authenticate``, 403 ``ORG_CONTEXT_REQUIRED`` for a
+- the bearer token: PyJWT with ES256 pinned, the public key its ``kid`` names (the signing key's
+  and any ``JWT_VERIFICATION_KEY_FILES``, each named by its RFC 7638 thumbprint), ``iss``, ``aud``
+  and the API's required claims checked, kept in a per-worker cache of verified tokens (expiry
+  checked on every use, cleared at 10,000); 401 ``UNAUTHORIZED`` with ``WWW-Authenticate``, 403 ``ORG_CONTEXT_REQUIRED`` for a
   token without an organization, 403 ``INSUFFICIENT_SCOPE`` without the operation's scope;
 - the spec's rules for these operations, with pydantic: uuids, page 1..100000, pageSize 1..100,
   search 1..100 characters, enums, the embed list (known, unique, at least one), unknown query
@@ -27,12 +28,14 @@ are the API's before any load.
 
 Served by bench/run.py with gunicorn and uvicorn workers, as ``clinic-api serve`` serves the API::
 
-    PEER_DATABASE_URL=... JWT_SECRET=... gunicorn --chdir bench/peer -k uvicorn_worker.UvicornWorker 'app:create_app()'
+    PEER_DATABASE_URL=... JWT_SIGNING_KEY_FILE=... gunicorn --chdir bench/peer -k uvicorn_worker.UvicornWorker 'app:create_app()'
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import re
@@ -42,6 +45,8 @@ from uuid import UUID
 
 import jwt
 import orjson
+from cryptography.hazmat.primitives import serialization
+from jwt.algorithms import ECAlgorithm
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -53,7 +58,6 @@ import store
 from store import APPOINTMENTS, PATIENTS, Origin, Refused
 
 ENV = os.environ
-JWT_SECRET = ENV["JWT_SECRET"]
 JWT_ISSUER = ENV.get("JWT_ISSUER", "clinic-api")
 JWT_AUDIENCE = ENV.get("JWT_AUDIENCE", "clinic-api")
 MAX_BODY_BYTES = int(ENV.get("MAX_BODY_BYTES", "1048576"))
@@ -191,6 +195,32 @@ class Edge:
 
 # --- the caller -----------------------------------------------------------------------------------
 
+def _thumbprint(public) -> str:
+    """RFC 7638: SHA-256 of the JWK's required members, sorted, without whitespace."""
+    jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+    members = json.dumps({name: jwk[name] for name in ("crv", "kty", "x", "y")}, separators=(",", ":"),
+                         sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(members.encode()).digest()).rstrip(b"=").decode()
+
+
+def _public_keys() -> dict[str, object]:
+    """The keys tokens may be signed with, by kid: the signing key's public half and the others."""
+    def public_of(path: str):
+        data = open(path, "rb").read()
+        try:
+            return serialization.load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError):
+            return serialization.load_pem_public_key(data)
+
+    keys = {}
+    paths = [ENV["JWT_SIGNING_KEY_FILE"], *ENV.get("JWT_VERIFICATION_KEY_FILES", "").split(",")]
+    for path in (p.strip() for p in paths if p.strip()):
+        public = public_of(path)
+        keys.setdefault(_thumbprint(public), public)
+    return keys
+
+
+PUBLIC_KEYS = _public_keys()
 _VERIFIED: dict[str, dict] = {}
 _VERIFIED_MAX = 10_000
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
@@ -203,7 +233,10 @@ def _claims(token: str) -> dict:
             return claims
         _VERIFIED.pop(token, None)
     try:
-        claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience=JWT_AUDIENCE, issuer=JWT_ISSUER,
+        key = PUBLIC_KEYS.get(jwt.get_unverified_header(token).get("kid"))
+        if key is None:
+            raise jwt.InvalidKeyError("the token names no key of this server")
+        claims = jwt.decode(token, key, algorithms=["ES256"], audience=JWT_AUDIENCE, issuer=JWT_ISSUER,
                             options={"require": _REQUIRED_CLAIMS})
     except jwt.ExpiredSignatureError as exc:
         raise ApiError("UNAUTHORIZED", "The access token has expired") from exc
