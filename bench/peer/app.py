@@ -3,7 +3,8 @@ and pydantic v2, doing the work the API does for them.
 
 Per request, like the API (``middleware/http.py``, ``middleware/auth.py``, ``handlers/``):
 - the edge: a request id (the client's ``X-Request-ID`` when well-formed, else 32 random hex
-  digits) echoed back, ``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff``, a body
+  digits) echoed back, ``Cache-Control: no-store``, ``X-Content-Type-Options: nosniff`` and frame
+  denial, a body
   limit (413 before the body is read), the Prometheus request counter, latency histogram and
   in-progress gauge (shared between workers through ``PROMETHEUS_MULTIPROC_DIR``), pool gauges at
   most once a second, and the JSON log line when ``LOG_LEVEL`` is INFO or lower;
@@ -129,7 +130,10 @@ def _child(metric, *labels):
 
 access_log = logging.getLogger("peer.access")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,100}")
-_SECURITY_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+# The API's, and the frame denial of the hardening work (issue 16): sent here either way, since the
+# equality check fails on a header the API sends and the peer does not.
+_SECURITY_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"),
+                     (b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'")]
 
 
 class Edge:
