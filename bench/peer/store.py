@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
-HIDDEN = {"patient": {"search_text"}, "staff": {"password_hash"}}
+# The columns the API never shows (models/tables.py: PATIENT_INTERNAL, STAFF_SECRETS); one that is
+# not there yet (password_changed_at, from the sessions work of issue 17) is simply not found.
+HIDDEN = {"patient": {"search_text"}, "staff": {"password_hash", "password_changed_at"}}
 SECRET_FIELDS = {"password", "password_hash", "refresh_token", "refresh_token_hash"}
 SERVER_SET = {"id", "org_id", "created_at", "updated_at"}  # never "changed" by a client
 ESTIMATE_TTL_S = 30.0
