@@ -107,7 +107,11 @@ class Database:
         self.estimates: dict[tuple, tuple[float, int]] = {}
 
     async def open(self) -> None:
-        common = dict(min_size=1, max_size=self.pool_size, init=_init_connection, reset=_nothing_to_reset)
+        # Idle connections close after 5 s: while the other servers of the bench run, the peer's and
+        # the floor's 2 pools x DB_POOL_SIZE x workers would otherwise hold 80 connections and,
+        # with the API's, exceed the server's max_connections.
+        common = dict(min_size=1, max_size=self.pool_size, init=_init_connection, reset=_nothing_to_reset,
+                      max_inactive_connection_lifetime=5.0)
         self.recorded = await asyncpg.create_pool(
             self.url, **common, server_settings={"application_name": self.application_name,
                                                  "synchronous_commit": "off"})
