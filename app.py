@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 from pathlib import Path
 
 import connexion
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 import config
-from handlers import JSONIFIER
+from handlers import JSONIFIER, health
 from middleware import adapter, errors, observability, telemetry
 from middleware.ratelimit import RateLimits
 from middleware.http import Edge
@@ -62,8 +63,9 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
         validate_responses=settings.validate_responses,
         pythonic_params=True,
         validator_map=adapter.VALIDATORS,
+        swagger_ui_options=adapter.swagger_ui_options(settings.serve_docs),
     )
-    adapter.install(app, settings.request_threads)
+    adapter.install(app, settings.request_threads, request_deadlines(settings))
     for exc_class in (errors.ApiError, connexion.ProblemException, HTTPException, Exception):
         app.add_error_handler(exc_class, errors.connexion_handler)
     app.app.register_error_handler(Exception, errors.flask_handler)
@@ -87,6 +89,21 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
     database.Probe(app_state.pools, url, report=observability.server_health,
                    connect_timeout_s=settings.db_connect_timeout_s).start()
     return app
+
+
+def request_deadlines(settings: config.Settings) -> adapter.Deadlines:
+    """How long a handler may wait on the database before the loop answers for it: a statement's
+    own timeout and a little (a frozen server never sends its timeout error); /ready its second;
+    /health never waits for a thread."""
+    return adapter.Deadlines(
+        default_s=settings.db_statement_timeout_ms / 1000 + REQUEST_DEADLINE_MARGIN_S,
+        by_path={"/ready": (health.READINESS_DEADLINE_S, 503, json.dumps(health.UNREACHABLE).encode())},
+        on_loop=frozenset({"/health"}),
+    )
+
+
+# After the statement timeout: a live server's own timeout error (a 503 too) comes first.
+REQUEST_DEADLINE_MARGIN_S = 0.25
 
 
 def check_handlers(document: dict) -> None:

@@ -180,8 +180,16 @@ def _start_worker(settings, url):
 
 
 def _serve(settings, url) -> None:
+    from middleware import shared_limits
+
     if settings.workers > 1:
         settings = config.share_metrics_between_workers(settings)
+    limits_host = None
+    if shared_limits.shares_between_workers(settings):
+        # One storage for every worker, started before they are forked: the limits hold in
+        # aggregate for the instance, not once per worker.
+        limits_host = shared_limits.SharedStorageHost()
+        settings = settings.with_overrides(rate_limit_storage_uri=limits_host.uri)
     deliveries = _start_worker(settings, url)
     try:
         _gunicorn(settings, url)
@@ -189,18 +197,19 @@ def _serve(settings, url) -> None:
         if deliveries is not None:
             deliveries.terminate()
             deliveries.wait(30)
+        if limits_host is not None:
+            limits_host.stop()
 
 
 def _gunicorn(settings, url) -> None:
     from gunicorn.app.base import BaseApplication
 
+    from middleware import server
+
     class Server(BaseApplication):
         def load_config(self):
-            self.cfg.set("bind", f"{settings.host}:{settings.port}")
-            self.cfg.set("workers", settings.workers)
-            self.cfg.set("worker_class", "uvicorn_worker.UvicornWorker")
-            self.cfg.set("graceful_timeout", 30)
-            self.cfg.set("accesslog", None)
+            for name, value in server.gunicorn_options(settings).items():
+                self.cfg.set(name, value)
             if settings.prometheus_multiproc_dir:
                 self.cfg.set("child_exit", _forget_worker_metrics)
 

@@ -88,8 +88,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # Handler threads per worker; 0 runs handlers on the worker's event loop (middleware/adapter.py).
-    request_threads: int = 0
+    # Handler threads per worker; 0 runs handlers on the worker's event loop (middleware/adapter.py),
+    # where a frozen database freezes the worker, probes included.
+    request_threads: int = 4
     log_level: str = "INFO"
     rate_limit_default: str = "100/minute"
     rate_limit_login: str = "10/minute"
@@ -104,6 +105,16 @@ class Settings:
     rate_limit_enabled: bool = True
     trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
+    # The request line and headers, bounded by the serving layer (middleware/server.py): 431 beyond.
+    max_header_bytes: int = 32 * 1024
+    max_header_count: int = 100
+    # A client that has not sent its whole request head this long after connecting (or after the
+    # first byte of its next request) is disconnected: slow clients cannot hold sockets open.
+    header_timeout_s: int = 5
+    # The bearer token /metrics asks for; unset: /metrics is open in development, 404 otherwise.
+    metrics_token: str = ""
+    # Swagger UI (/ui) and the spec (/openapi.json, /openapi.yaml).
+    serve_docs: bool = True
     cors_origins: tuple[str, ...] = ()
     validate_responses: bool = False
     demo_org_name: str = "Demo Clinic"
@@ -192,6 +203,11 @@ def load(env=None, *, serving: bool = True) -> Settings:
         rate_limit_enabled=_bool("RATE_LIMIT_ENABLED", defaults.rate_limit_enabled, env),
         trusted_proxies=_list("TRUSTED_PROXIES", env),
         max_body_bytes=_int("MAX_BODY_BYTES", defaults.max_body_bytes, env),
+        max_header_bytes=_int("MAX_HEADER_BYTES", defaults.max_header_bytes, env),
+        max_header_count=_int("MAX_HEADER_COUNT", defaults.max_header_count, env),
+        header_timeout_s=_int("HEADER_TIMEOUT_S", defaults.header_timeout_s, env),
+        metrics_token=env.get("METRICS_TOKEN", ""),
+        serve_docs=_bool("SERVE_DOCS", defaults.serve_docs, env),
         cors_origins=_list("CORS_ORIGINS", env),
         validate_responses=_bool("VALIDATE_RESPONSES", defaults.validate_responses, env),
         demo_org_name=env.get("DEMO_ORG_NAME", defaults.demo_org_name),
@@ -248,6 +264,11 @@ def check(settings: Settings, *, serving: bool = True) -> None:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS and REFRESH_TOKEN_TTL_SECONDS must be positive")
     if not 0 <= settings.request_threads <= 64:
         raise ConfigError("REQUEST_THREADS must be between 0 and 64")
+    if settings.max_header_bytes < 1024 or settings.max_header_count < 10 or settings.header_timeout_s < 1:
+        raise ConfigError("MAX_HEADER_BYTES must be at least 1024, MAX_HEADER_COUNT at least 10 and "
+                          "HEADER_TIMEOUT_S at least 1: browsers send about 1 KiB and 10 headers")
+    if settings.metrics_token and len(settings.metrics_token) < 16:
+        raise ConfigError("METRICS_TOKEN must be at least 16 characters (a guessable token opens /metrics)")
     if settings.database_migration_url and not settings.database_url:
         raise ConfigError("DATABASE_MIGRATION_URL is set but DATABASE_URL is not: the API's role needs its own URL")
     if settings.database_replica_urls and not settings.database_url:

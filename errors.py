@@ -41,6 +41,7 @@ ERRORS: dict[str, ErrorKind] = {
     "WEBHOOK_TARGET_REFUSED": ErrorKind(422, "The webhook URL is not a safe target"),
     "PRECONDITION_REQUIRED": ErrorKind(428, "This server requires If-Match on changes"),
     "RATE_LIMITED": ErrorKind(429, "Too many requests; retry later"),
+    "HEADERS_TOO_LARGE": ErrorKind(431, "The request line and headers are too large or too many"),
     "INTERNAL_ERROR": ErrorKind(500, "An unexpected error occurred"),
     "SERVICE_UNAVAILABLE": ErrorKind(503, "The service is temporarily unavailable; retry later"),
 }

@@ -19,6 +19,12 @@ def get_health():
     return {"status": "ok"}, 200
 
 
+# /ready answers within this even when the database answers nothing at all: the loop answers
+# UNREACHABLE for a handler still waiting (middleware/adapter.py's deadlines, wired in app.py).
+READINESS_DEADLINE_S = 1.0
+UNREACHABLE = {"status": "unavailable", "database": "unreachable"}
+
+
 def get_readiness():
     """Readiness: the database answers quickly and every migration is applied."""
     try:
@@ -28,7 +34,7 @@ def get_readiness():
             read_only = conn.execute(sa.text("SELECT pg_is_in_recovery()")).scalar()
             pending = _pending_migrations(conn)
     except Exception:  # any failure means "not ready"; the reason goes to the log, not the client
-        return {"status": "unavailable", "database": "unreachable"}, 503
+        return UNREACHABLE, 503
     if pending:
         return {"status": "unavailable", "database": "ok", "pending_migrations": pending}, 503
     return _answering(read_only)

@@ -8,7 +8,8 @@ What it adapts, and why (measurements in docs/decisions/):
   through a2wsgi's thread pool;
 - views decorated once per operation instead of per request (``_DecoratedOnce``);
 - connexion's OAuth handler without a per-request signature inspection (``SECURITY_MAP``);
-- the Swagger UI layer stepped over by API calls, its documents rendered once (``SwaggerUI``);
+- the Swagger UI layer stepped over by API calls, its documents rendered once (``SwaggerUI``),
+  and turned off with SERVE_DOCS (``swagger_ui_options``);
 - the spec's validation rules (``middleware/validation.py``) plugged in as connexion validators
   (``VALIDATORS``, passed as the documented ``validator_map``).
 
@@ -21,9 +22,11 @@ hand-over and a self-pipe wake-up of the loop. Profiled under load they cost mor
 handler and its query together (/health: 2.0 ms of worker CPU with a2wsgi, 0.85 ms here).
 
 This bridge reads the request body on the loop, runs the WSGI call with the body in memory and
-buffers the response, then sends it from the loop. The call runs either on the loop itself
-(REQUEST_THREADS=0, the default: no thread switch at all, one handler at a time per worker) or on
-one of REQUEST_THREADS threads (one hop there and one back, handlers overlap their database waits).
+buffers the response, then sends it from the loop. The call runs on one of REQUEST_THREADS
+threads (4 by default: one hop there and one back, handlers overlap their database waits, and a
+request whose database froze is answered 503 at its deadline, ``Deadlines``), or on the loop
+itself (REQUEST_THREADS=0: no thread switch at all, one handler at a time per worker, and nothing
+answers while a handler waits). ``/health`` always runs on the loop: it does no I/O.
 Buffering is safe here: every response is a JSON document bounded by the page-size limit, and the
 request body is already bounded by MAX_BODY_BYTES at the edge (which raises while it is read).
 """
@@ -35,6 +38,7 @@ import functools
 import io
 import typing as t
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from importlib import metadata
 
 import connexion
@@ -49,6 +53,7 @@ from connexion.http_facts import FORM_CONTENT_TYPES
 from connexion.json_schema import Draft4RequestValidator, Draft4ResponseValidator, allow_nullable
 from connexion.middleware import ConnexionMiddleware
 from connexion.middleware.swagger_ui import SwaggerUIAPI, SwaggerUIMiddleware
+from connexion.options import SwaggerUIOptions
 from connexion.security import SECURITY_HANDLERS, OAuthSecurityHandler
 from connexion.utils import inspect_function_arguments, is_null, is_nullable
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, JSONResponseBodyValidator
@@ -60,6 +65,8 @@ import yaml
 
 from errors import ApiError
 from middleware import validation
+from middleware.errors import RETRY_AFTER, error_body
+from models.deadline import Deadline, bind as bind_deadline, unbind as unbind_deadline
 
 # The versions whose internals this module was written and tested against.
 SUPPORTED = {"connexion": "3.3.0", "a2wsgi": "1.10.10"}
@@ -100,6 +107,23 @@ class _BufferedResponse:
         return self.chunks.append
 
 
+def _run_before(deadline: Deadline, wsgi_app, environ: dict, response: _BufferedResponse) -> None:
+    """A handler that got its thread after its deadline does not run at all."""
+    if deadline.expired:
+        response.status = 0
+        return
+    _run_wsgi(wsgi_app, environ, response)
+
+
+def _answered(status: int, body: bytes) -> _BufferedResponse:
+    response = _BufferedResponse()
+    response.status = status
+    response.headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", RETRY_AFTER.encode())]
+    response.chunks = [body]
+    return response
+
+
 def _run_wsgi(wsgi_app, environ: dict, response: _BufferedResponse) -> None:
     result = wsgi_app(environ, response.start_response)
     try:
@@ -135,12 +159,33 @@ async def _not_http(scope, receive, send) -> None:
         await send({"type": "websocket.close", "code": 1000})
 
 
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a request's handler may take before the loop answers for it (``models/deadline.py``).
+
+    ``default_s`` for every operation, ``by_path`` for those that promise less (a probe), each with
+    the answer given when its handler has not produced one by then; ``on_loop``: paths whose
+    handler does no I/O and runs on the event loop, never queued behind a thread (liveness).
+    """
+
+    default_s: float
+    by_path: dict[str, tuple[float, int, bytes]] = field(default_factory=dict)
+    on_loop: frozenset[str] = frozenset()
+
+
+# Once the deadline has cut a request's connections, its handler usually answers 503 itself within
+# milliseconds; this long it is waited for before the loop answers without it.
+_GRACE_S = 0.25
+_UNAVAILABLE = (503, error_body("SERVICE_UNAVAILABLE", "The database did not answer in time; retry later"))
+
+
 class FlaskBridge:
     """The ASGI application connexion calls last: the Flask app, on the loop or one thread hop away."""
 
-    def __init__(self, wsgi_app, threads: int):
+    def __init__(self, wsgi_app, threads: int, deadlines: Deadlines | None = None):
         self.wsgi_app = wsgi_app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flask") if threads else None
+        self.deadlines = deadlines or Deadlines(default_s=0.0)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -155,14 +200,42 @@ class FlaskBridge:
         # handler at a time (as a sync gunicorn worker does) and pays no thread switch at all.
         # connexion keeps the operation, the token info and the request in context variables that
         # the handler side reads, so a thread runs in a copy of this task's context.
-        if self.executor is None:
+        if self.executor is None or scope["path"] in self.deadlines.on_loop:
             _run_wsgi(self.wsgi_app, environ, response)
         else:
+            response = await self._in_thread(scope["path"], environ, response)
+        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        await send({"type": "http.response.body", "body": b"".join(response.chunks)})
+
+    async def _in_thread(self, path: str, environ: dict, response: _BufferedResponse) -> _BufferedResponse:
+        """The handler on a thread, answered for by the loop if it outlives its deadline: a
+        frozen database must not freeze the request (nor the thread, which the deadline frees)."""
+        own = self.deadlines.by_path.get(path)
+        seconds, status, fallback = own or (self.deadlines.default_s, *_UNAVAILABLE)
+        # A path's own fallback is what its handler answers when the database fails: no wait for it.
+        grace = 0.0 if own else _GRACE_S
+        if not seconds:
             context = contextvars.copy_context()
             await asyncio.get_running_loop().run_in_executor(
                 self.executor, context.run, _run_wsgi, self.wsgi_app, environ, response)
-        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
-        await send({"type": "http.response.body", "body": b"".join(response.chunks)})
+            return response
+        deadline = Deadline(seconds)
+        token = bind_deadline(deadline)
+        try:
+            context = contextvars.copy_context()
+        finally:
+            unbind_deadline(token)
+        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(
+            self.executor, context.run, _run_before, deadline, self.wsgi_app, environ, response))
+        done, _ = await asyncio.wait([work], timeout=deadline.remaining())
+        if not done:
+            deadline.expire()  # its database calls fail now, and a queued handler will not start
+            done, _ = await asyncio.wait([work], timeout=grace)
+        if done and not work.exception() and response.status:
+            return response
+        if done and work.exception():
+            raise work.exception()
+        return _answered(status, fallback)
 
 
 class _RememberedNames(SyncParameterDecorator):
@@ -325,6 +398,11 @@ class SwaggerUI(SwaggerUIMiddleware):
             await send(message)
 
 
+def swagger_ui_options(serve: bool) -> SwaggerUIOptions:
+    """Swagger UI and the spec documents served, or neither (SERVE_DOCS)."""
+    return SwaggerUIOptions(serve_spec=serve, swagger_ui=serve)
+
+
 _SPEC_DOCUMENTS = ("/openapi.json", "/openapi.yaml")
 _DOCUMENTS_KEPT = 16
 
@@ -428,7 +506,7 @@ VALIDATORS = {
 }
 
 
-def install(app: connexion.FlaskApp, threads: int) -> None:
+def install(app: connexion.FlaskApp, threads: int, deadlines: Deadlines | None = None) -> None:
     """Call ``app``'s Flask side through FlaskBridge, with views decorated once.
 
     connexion exposes no option for either, so its private FlaskASGIApp is adjusted: its a2wsgi
@@ -436,7 +514,7 @@ def install(app: connexion.FlaskApp, threads: int) -> None:
     stack on the first event (not in FlaskApp.add_api), swaps the new views as they register.
     """
     asgi_app = app._middleware_app
-    asgi_app.asgi_app = FlaskBridge(asgi_app.app.wsgi_app, threads)
+    asgi_app.asgi_app = FlaskBridge(asgi_app.app.wsgi_app, threads, deadlines)
     register = asgi_app.add_api
 
     def add_api(*args, **kwargs):

@@ -13,6 +13,12 @@ from errors import ApiError, from_database_error
 
 log = logging.getLogger(__name__)
 
+# On every answer, the app's (middleware/http.py) and the serving layer's (middleware/server.py).
+# Patient data must not be cached by browsers or proxies, nor content-sniffed; no page may frame
+# ours (clickjacking of Swagger UI's login): the old header for old browsers, CSP for the others.
+SECURITY_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'")]
+
 # Statuses connexion and Starlette raise themselves, and the code each becomes.
 _CODE_FOR_STATUS = {
     400: "VALIDATION_ERROR",
@@ -40,10 +46,17 @@ def error_body(code: str, message: str, field: str | None = None) -> bytes:
     return json.dumps({"success": False, "data": None, "error": error}, separators=(",", ":")).encode()
 
 
+# Seconds a client is asked to wait after a 503: the database, or a pool of connections to it,
+# is gone or saturated; a moment later it has often recovered (a restart, a failover).
+RETRY_AFTER = "2"
+
+
 def error_headers(status: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = dict(extra or {})
     if status == 401:
         headers.setdefault("WWW-Authenticate", 'Bearer realm="clinic-api"')
+    elif status == 503:
+        headers.setdefault("Retry-After", RETRY_AFTER)
     return headers
 
 

@@ -7,12 +7,13 @@ wrapper per message, which showed up as a fifth of a simple request's CPU.
 """
 from __future__ import annotations
 
+import hmac
 import os
 import re
 import time
 
 from middleware import auth, observability, telemetry
-from middleware.errors import ApiError, error_body
+from middleware.errors import SECURITY_HEADERS, ApiError, error_body
 from middleware.ratelimit import RateLimits
 from middleware.routes import RouteTable
 from middleware.tenancy import client_ip
@@ -21,8 +22,10 @@ from state import AppState, bind as bind_app_state
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,100}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Patient data must not be cached by browsers or proxies, nor content-sniffed.
-_SECURITY_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+_METRICS = "/metrics"
+# The rest of a refused body is not read: the connection cannot carry another request.
+_CLOSE = [(b"connection", b"close")]
+_CHALLENGE = [(b"www-authenticate", b'Bearer realm="metrics"')]
 
 
 def _error_message(status: int, code: str, message: str, headers: list) -> tuple[dict, dict]:
@@ -49,6 +52,9 @@ class Edge:
         self.app_state = app_state
         self.limits: RateLimits = app_state.limits
         self.max_body_bytes = app_state.settings.max_body_bytes
+        settings = app_state.settings
+        self.metrics_token = settings.metrics_token.encode()
+        self.metrics_open = settings.is_development and not settings.metrics_token
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -73,7 +79,7 @@ class Edge:
         template = route.template if route else "unmatched"
         claims = _verified_claims(headers.get(b"authorization"))
         state["claims"] = claims
-        extra = [(b"x-request-id", request_id), *_SECURITY_HEADERS]
+        extra = [(b"x-request-id", request_id), *SECURITY_HEADERS]
         status = 500
         observability.begin(method)
         traced = telemetry.start_request(self.app_state.tracing, method, template, state)
@@ -86,17 +92,27 @@ class Edge:
             await send(body)
 
         try:
-            if _CONTROL.search(path):
-                # Flask's router would match these where connexion's does not, and run the handler
-                # outside connexion's context (a 500).
+            if _CONTROL.search(path) or "//" in path:
+                # Flask's router would match these where connexion's does not (it merges slashes),
+                # and run the handler outside connexion's context (a 500).
                 return await reply(404, "NOT_FOUND", "The resource does not exist")
+            if path == _METRICS and not self.metrics_open:
+                refused = self._metrics_refusal(headers.get(b"authorization"))
+                if refused:
+                    return await reply(*refused)
             if route is not None and method not in route.methods:
                 # connexion's own 405 lists only the first route's methods.
                 return await reply(405, "METHOD_NOT_ALLOWED", f"{method} is not allowed here",
                                    [(b"allow", ", ".join(route.methods).encode())])
             declared = headers.get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-                return await reply(413, "PAYLOAD_TOO_LARGE", f"The request body exceeds {self.max_body_bytes} bytes")
+                return await reply(413, "PAYLOAD_TOO_LARGE", f"The request body exceeds {self.max_body_bytes} bytes",
+                                   _CLOSE)
+            chunked = declared is None and b"transfer-encoding" in headers
+            if method in _BODY_METHODS and b"content-type" not in headers and (chunked or (declared or b"0").strip(b"0")):
+                # Without a type the body would reach the handler unparsed (a 500); guessing JSON
+                # would accept what a client did not say it sent.
+                return await reply(415, "UNSUPPORTED_MEDIA_TYPE", "A request body needs Content-Type: application/json")
             if self.limits.enabled:
                 peer = (scope.get("client") or ("unknown", 0))[0]
                 forwarded = headers.get(b"x-forwarded-for")
@@ -116,16 +132,54 @@ class Edge:
                                           *(h for h in extra if h[0] not in present)]
                 await send(message)
 
-            if method in _BODY_METHODS or declared is not None:
-                receive = self._limited(receive)
             try:
+                if chunked:
+                    receive = await self._buffered(scope, receive)
+                    if receive is None:
+                        return  # the client went away mid-body: nobody to answer
+                elif declared is not None:
+                    receive = self._limited(receive)
                 await self.app(scope, receive, send_with_headers)
             except _TooLarge:
-                # A chunked body without Content-Length that outgrew the limit.
-                await reply(413, "PAYLOAD_TOO_LARGE", f"The request body exceeds {self.max_body_bytes} bytes")
+                # A chunked body that outgrew the limit, on any method: refused while it is read.
+                await reply(413, "PAYLOAD_TOO_LARGE", f"The request body exceeds {self.max_body_bytes} bytes", _CLOSE)
         finally:
             telemetry.end_request(traced, status, claims)
             observability.record(method, template, status, time.perf_counter() - started, state, path)
+
+    def _metrics_refusal(self, authorization: bytes | None):
+        if not self.metrics_token:
+            return 404, "NOT_FOUND", "The resource does not exist"
+        presented = authorization[7:].strip() if authorization and authorization[:7].lower() == b"bearer " else b""
+        if not hmac.compare_digest(presented, self.metrics_token):
+            return 401, "UNAUTHORIZED", "/metrics needs the METRICS_TOKEN bearer token", _CHALLENGE
+        return None
+
+    async def _buffered(self, scope, receive):
+        """A chunked body read whole (within the limit), then handed on as one with a length:
+        connexion takes a body without Content-Length for none at all ("RequestBody is required")."""
+        limited = self._limited(receive)
+        parts = []
+        while True:
+            message = await limited()
+            if message["type"] != "http.request":
+                return None
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+        scope["headers"] = [(name, value) for name, value in scope["headers"] if name != b"transfer-encoding"]
+        scope["headers"].append((b"content-length", str(len(body)).encode()))
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()  # what follows the body: the disconnect
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
 
     def _limited(self, receive):
         received = 0

@@ -2,9 +2,12 @@
 those connexion refuses.
 
 Built on ``limits`` (the library flask-limiter wraps): flask-limiter sits on the inner Flask app
-and never sees the 400/401/404/405 answers connexion gives before it. Storage is in-process by
-default and Redis when ``RATE_LIMIT_STORAGE_URI`` points at one, shared by every worker and
-instance. Headers follow the IETF httpapi RateLimit draft: ``RateLimit-Policy`` and ``RateLimit``.
+and never sees the 400/401/404/405 answers connexion gives before it. Storage is in-process for
+one worker; with several, ``clinic-api serve`` starts one ``limits`` memory storage in a process
+of its own before forking them, and each worker reaches it over a Unix socket
+(``middleware/shared_limits.py``), so one instance enforces the documented numbers in aggregate without
+Redis. ``RATE_LIMIT_STORAGE_URI=redis://...`` shares them between instances. Headers follow the
+IETF httpapi RateLimit draft: ``RateLimit-Policy`` and ``RateLimit``.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from limits.strategies import MovingWindowRateLimiter
 import state
 from config import Settings
 from middleware.errors import ApiError
+from middleware import shared_limits  # noqa: F401  (registers the clinic-shared:// storage with limits)
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import typing as t
 from jsonschema import Draft4Validator, FormatChecker, ValidationError
 from jsonschema.exceptions import best_match
 
+import config
 from errors import ApiError
 from models.instants import parse_instant
 
@@ -61,6 +62,16 @@ def _is_date_time(value) -> bool:
     return True
 
 
+@FORMAT_CHECKER.checks("image-url", raises=ValueError)
+def _is_image_url(value) -> bool:
+    # The spec's pattern admits https:, http: and raster data: URIs; plain http: is only for
+    # development, where images come from local servers. Production pages load over https, and an
+    # http: image there is mixed content that a network attacker can swap.
+    if isinstance(value, str) and value[:5].lower() == "http:" and not config.current().is_development:
+        raise ValueError("an image URL must use https: (http: is accepted in development only)")
+    return True
+
+
 def _exact_multiple_of(validator, step, instance, schema):
     """multipleOf in decimal arithmetic: jsonschema divides floats, so 0.29 is 'not a multiple' of
     0.01 there. Money is declared ``multipleOf: 0.01`` and must be checked exactly."""
@@ -102,14 +113,25 @@ def _message(error: ValidationError, field: str | None) -> str:
     return f"{field}: {error.message}" if field else error.message
 
 
-def _has_nul(value) -> bool:
+def _unstorable(value, path: tuple = ()) -> tuple | None:
+    """The path of the first string (value or key) PostgreSQL cannot store: one holding NUL, or a
+    lone UTF-16 surrogate (``"\\ud800"``), which no UTF-8 text can carry."""
     if isinstance(value, str):
-        return "\x00" in value
+        return path if "\x00" in value or _SURROGATE.search(value) else None
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+        for key, item in value.items():
+            found = _unstorable(key, (*path, key)) or _unstorable(item, (*path, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unstorable(item, (*path, index))
+            if found is not None:
+                return found
+    return None
+
+
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
 
 
 def parse_json(raw: bytes, encoding: str) -> t.Any:
@@ -119,16 +141,21 @@ def parse_json(raw: bytes, encoding: str) -> t.Any:
     try:
         text = raw.decode(encoding)
         body = json.loads(text)
-        # PostgreSQL cannot store NUL in text or JSONB; the escape is the only way it can arrive.
-        if "\\u0000" in text and _has_nul(body):
-            raise ApiError("MALFORMED_REQUEST", "Text may not contain NUL (U+0000) characters")
-        return body
     except (UnicodeDecodeError, LookupError) as exc:
         raise ApiError("MALFORMED_REQUEST", "The request body is not valid UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise ApiError("MALFORMED_REQUEST", f"The request body is not valid JSON: {exc.msg}") from exc
     except RecursionError as exc:
         raise ApiError("MALFORMED_REQUEST", "The request body is nested too deeply") from exc
+    # NUL and lone surrogates are valid JSON but cannot be stored; an escape (\u0000, \ud800) is
+    # the only way either can arrive, so bodies without one are not walked.
+    if "\\u" in text:
+        path = _unstorable(body)
+        if path is not None:
+            field = ".".join(str(part) for part in path) or None
+            raise ApiError("VALIDATION_ERROR", f"{field or 'the body'}: text may not contain NUL (U+0000) "
+                           "or a lone UTF-16 surrogate", field=field)
+    return body
 
 
 def check_body(validator, body: t.Any) -> None:

@@ -74,7 +74,10 @@ def on_day(column: str):
     """Rows whose timestamp falls on that calendar day, in UTC."""
     def clause(table, day: str):
         start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), dt.timezone.utc)
-        return (table.c[column] >= start) & (table.c[column] < start + dt.timedelta(days=1))
+        try:
+            return (table.c[column] >= start) & (table.c[column] < start + dt.timedelta(days=1))
+        except OverflowError:  # 9999-12-31, the calendar's last day: nothing comes after it
+            return table.c[column] >= start
     return clause
 
 

@@ -62,7 +62,9 @@ def decode_access_token(token: str) -> dict:
         raise ApiError("UNAUTHORIZED", "The access token has expired") from exc
     except jwt.PyJWTError as exc:
         raise ApiError("UNAUTHORIZED", "The access token is invalid") from exc
-    if not isinstance(claims.get("scope"), str) or not isinstance(claims.get("org_id"), (str, type(None))):
+    if not isinstance(claims.get("scope"), str) or not isinstance(claims.get("org_id"), (str, type(None))) \
+            or not isinstance(claims.get("sub"), str) or not _whole_seconds(claims["exp"], claims["iat"]):
+        # PyJWT takes "exp": "9999999999" (it calls int() on it); every later use compares numbers.
         raise ApiError("UNAUTHORIZED", "The access token is invalid")
     if not claims.get("org_id"):
         # A genuine token that names no organization: its bearer is known, but nothing here is theirs.
@@ -76,6 +78,10 @@ def _verifying_key(token: str):
     if key is None:
         raise jwt.InvalidKeyError("the token names no key of this server")
     return key.public
+
+
+def _whole_seconds(*values) -> bool:
+    return all(isinstance(value, int) and not isinstance(value, bool) for value in values)
 
 
 def new_refresh_token() -> tuple[str, str]:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 import state
 from config import ROOT, Settings
+from models import deadline
 
 log = logging.getLogger(__name__)
 
@@ -527,6 +528,8 @@ def create_pools(url: str, settings: Settings) -> Pools:
         sa.event.listen(pools.writer, "before_cursor_execute", _commit_without_flush_wait, retval=True)
     # A connection that died with a database restart is replaced before a write sees it.
     sa.event.listen(pools.writer, "checkout", _closed_by_server_check(pools.writer.dialect))
+    for _name, engine in pools.named():
+        deadline.track(engine)  # a frozen server (a replica too) cannot hold a request past its deadline
     return pools
 
 

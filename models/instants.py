@@ -22,6 +22,8 @@ def parse_instant(value: str) -> datetime.datetime:
     try:
         return instant.astimezone(datetime.timezone.utc)
     except OverflowError as exc:
-        # Year 1 with a positive offset is year 0 in UTC: PostgreSQL would store it, but no
-        # client (Python's datetime included) could read it back.
-        raise ApiError("VALIDATION_ERROR", f"{value} is before 0001-01-01T00:00:00Z") from exc
+        # Year 1 with a positive offset is year 0 in UTC, year 9999 with a negative one year
+        # 10000: PostgreSQL would store either, but no client (Python's datetime included) could
+        # read it back.
+        raise ApiError("VALIDATION_ERROR",
+                       f"{value} is outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z") from exc

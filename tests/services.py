@@ -232,3 +232,49 @@ class PgBouncer:
     def stop(self) -> None:
         stop(self.process)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class PostgresCluster:
+    """A PostgreSQL 15 server of its own (initdb, then postgres on a free port), for tests that do
+    to a server what must not happen to the shared one: stop it, freeze it."""
+
+    def __init__(self):
+        self.user = service_user()
+        self.folder = scratch_folder("postgres", self.user)
+        self.port = free_port()
+        data = self.folder / "data"
+        subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
+                       user=self.user, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+             "-c", f"unix_socket_directories={self.folder}", "-c", "fsync=off"],
+            user=self.user, stdout=subprocess.DEVNULL, stderr=open(self.folder / "log", "w"))
+        wait_for_port(self.port, self.process)
+        deadline = time.monotonic() + 30
+        while subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                             stdout=subprocess.DEVNULL).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not accept connections")
+            time.sleep(0.1)
+
+    def url(self, database: str = "postgres", user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+
+    def pids(self) -> list[int]:
+        """The postmaster first, then every process it started (backends, checkpointer...)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return [self.process.pid, *map(int, children)]
+
+    def signal_all(self, signum: int) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        import signal
+
+        self.signal_all(signal.SIGCONT)
+        stop(self.process)
+        shutil.rmtree(self.folder, ignore_errors=True)

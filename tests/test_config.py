@@ -13,7 +13,10 @@ def test_defaults_hold_without_any_variable_but_the_signing_key():
 
 
 @pytest.mark.parametrize("name, value", [("DB_POOL_SIZE", "ten"), ("RATE_LIMIT_ENABLED", "maybe"),
-                                         ("BCRYPT_ROUNDS", "3"), ("REQUEST_THREADS", "99")])
+                                         ("BCRYPT_ROUNDS", "3"), ("REQUEST_THREADS", "99"),
+                                         ("MAX_HEADER_BYTES", "100"), ("MAX_HEADER_COUNT", "2"),
+                                         ("HEADER_TIMEOUT_S", "0"), ("METRICS_TOKEN", "short"),
+                                         ("SERVE_DOCS", "perhaps")])
 def test_a_malformed_setting_refuses_to_start_naming_it(name, value):
     with pytest.raises(config.ConfigError, match=name):
         config.load({**PRODUCTION, name: value})

@@ -54,3 +54,74 @@ def test_sigterm_drains_requests_and_leaves_no_open_transactions(database_url, o
             "AND datname = current_database() AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
         )).scalar_one()
     assert leftover == 0
+
+
+def test_sigterm_answers_every_request_on_keep_alive_connections_and_resets_none(database_url, org_a):
+    """Clients that keep their connections open and keep sending: at SIGTERM each request the
+    server read is answered, the last one on each connection with `Connection: close`, and an idle
+    connection is closed with an end of stream, never a reset (uvicorn closed idle keep-alive
+    connections at once, and a request already on its way met a reset)."""
+    import random
+
+    from tests.rawhttp import Reader, connect, request_bytes
+
+    server, base = spawn_server(database_url, production=True, stderr=subprocess.PIPE, APP_ENV="production",
+                                WEB_CONCURRENCY="1", WEBHOOK_WORKER="false")
+    request = request_bytes("GET", "/patients?pageSize=5", org_a.headers)
+    try:
+        sockets = [connect(base, timeout=30) for _ in range(16)]
+        readers = [Reader(sock) for sock in sockets]
+        for sock, reader in zip(sockets, readers):  # each connection accepted and served once
+            sock.sendall(request)
+            assert reader.answer().status == 200
+        idle = connect(base, timeout=30)
+        idle.sendall(request)
+        Reader(idle).answer()
+        outcomes = []
+
+        def client(sock, reader):
+            answered = 0
+            while True:
+                try:
+                    sock.sendall(request)
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    outcomes.append(("refused before sending", type(exc).__name__, answered))
+                    return
+                try:
+                    answer = reader.answer()
+                except EOFError:
+                    outcomes.append(("unanswered", "eof", answered))
+                    return
+                except ConnectionResetError:
+                    outcomes.append(("unanswered", "reset", answered))
+                    return
+                answered += 1
+                if answer.status != 200:
+                    outcomes.append(("status", answer.status, answered))
+                    return
+                if answer.headers.get("connection") == "close":
+                    outcomes.append(("closed after an answer", answer.status, answered))
+                    return
+                time.sleep(random.uniform(0.05, 0.4))  # idle most of the time, as browsers are
+
+        threads = [threading.Thread(target=client, args=pair) for pair in zip(sockets, readers)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        server.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=60)
+        idle_reader = Reader(idle)
+        idle.settimeout(30)
+        try:
+            idle_end = "eof" if idle.recv(1) == b"" else "data"
+        except ConnectionResetError:
+            idle_end = "reset"
+        code = server.wait(timeout=40)
+        assert code == 0, server.stderr.read().decode()[-3000:]
+        assert idle_end == "eof" and idle_reader.buffer == b""
+        assert len(outcomes) == 16
+        assert {outcome[0] for outcome in outcomes} == {"closed after an answer"}, outcomes
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -82,6 +82,9 @@ def test_every_response_carries_a_request_id_and_no_store(client, org_a):
     assert hostile.headers["X-Request-ID"] != "bad id\twith spaces"
     assert mine.headers["Cache-Control"] == "no-store"
     assert mine.headers["X-Content-Type-Options"] == "nosniff"
+    for response in (mine, generated, hostile, client.get("/openapi.json"), client.get("/ui/")):
+        assert response.headers["X-Frame-Options"] == "DENY", response.url
+        assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'", response.url
 
 
 def test_paths_with_control_characters_are_404_not_500(client, org_a):

@@ -1,4 +1,5 @@
 """Graceful failure: a lost database, killed connections, timeouts, CORS and security headers."""
+import json
 import time
 
 import httpx
@@ -6,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from middleware.errors import to_api_error
-from tests.conftest import spawn_server
+from tests.conftest import error_of, spawn_server
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,62 @@ def test_cors_allows_only_listed_origins_and_never_a_wildcard(app_with):
     assert "access-control-allow-credentials" not in allowed.headers
     other = client.get("/health", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+METRICS_TOKEN = "scrape-token-0123456789abcdef"
+
+
+def test_metrics_need_the_token_in_production_and_are_not_served_without_one(app_with):
+    with app_with(env="production").test_client() as http:
+        response = http.get("/metrics")
+        assert response.status_code == 404 and error_of(response)["code"] == "NOT_FOUND"
+    with app_with(env="production", metrics_token=METRICS_TOKEN).test_client() as http:
+        for authorization in (None, "Bearer wrong-token", f"Basic {METRICS_TOKEN}", f"Bearer {METRICS_TOKEN}x"):
+            response = http.get("/metrics", headers={"Authorization": authorization} if authorization else {})
+            assert response.status_code == 401, authorization
+            assert error_of(response)["code"] == "UNAUTHORIZED"
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        scraped = http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert scraped.status_code == 200 and "http_requests_total" in scraped.text
+
+
+def test_metrics_are_open_in_development_until_a_token_is_set(client, app_with):
+    assert client.get("/metrics").status_code == 200
+    with app_with(metrics_token=METRICS_TOKEN).test_client() as http:
+        assert http.get("/metrics").status_code == 401
+
+
+def test_serve_docs_false_turns_off_swagger_ui_and_the_spec(client, app_with):
+    paths = ("/ui/", "/openapi.json", "/openapi.yaml")
+    assert [client.get(path).status_code for path in paths] == [200, 200, 200]
+    with app_with(serve_docs=False).test_client() as http:
+        for path in paths:
+            response = http.get(path)
+            assert response.status_code == 404 and error_of(response)["code"] == "NOT_FOUND", path
+        assert http.get("/health").status_code == 200
+
+
+def test_a_chunked_json_body_is_read_like_one_with_a_length(client, org_a):
+    body = json.dumps({"branch_id": org_a.branch_id, "name": "Sent In Chunks"}).encode()
+
+    def chunks():
+        yield body[:10]
+        yield body[10:]
+
+    created = client.post("/patients", content=chunks(), headers={**org_a.headers, "Content-Type": "application/json"})
+    assert created.status_code == 201, created.text
+    assert created.json()["data"]["name"] == "Sent In Chunks"
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/patients"), ("DELETE", "/patients/00000000-0000-0000-0000-000000000000"),
+                                          ("GET", "/health"), ("POST", "/patients")])
+def test_a_chunked_body_beyond_the_limit_is_413_on_every_method(app_with, org_a, method, path):
+    def chunks():
+        for _ in range(80):
+            yield b"x" * 1024
+
+    with app_with(max_body_bytes=64 * 1024).test_client() as http:
+        response = http.request(method, path, content=chunks(),
+                                headers={**org_a.headers, "Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert error_of(response)["code"] == "PAYLOAD_TOO_LARGE"

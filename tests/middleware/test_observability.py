@@ -84,12 +84,14 @@ def test_metrics_add_up_across_gunicorn_workers(database_url, tmp_path):
 
     from tests.conftest import spawn_server
 
+    token = "scrape-token-0123456789abcdef"
     server, base = spawn_server(database_url, production=True, APP_ENV="production", WEB_CONCURRENCY="2",
-                                DATA_DIR=str(tmp_path), PROMETHEUS_MULTIPROC_DIR="")
+                                DATA_DIR=str(tmp_path), PROMETHEUS_MULTIPROC_DIR="", METRICS_TOKEN=token)
     try:
         for _ in range(40):  # fresh connections, spread over both workers by the kernel
             httpx.get(f"{base}/no-such-route")
-        scrapes = {metric_value(httpx.get(f"{base}/metrics").text, "http_requests_total",
+        scrape = {"Authorization": f"Bearer {token}"}
+        scrapes = {metric_value(httpx.get(f"{base}/metrics", headers=scrape).text, "http_requests_total",
                                 method="GET", route="unmatched", status="404") for _ in range(6)}
         assert scrapes == {40.0}
         # One file per gunicorn worker, and the webhook delivery worker's: its counts join the API's.

@@ -165,7 +165,11 @@ def test_an_attack_from_eight_addresses_on_two_instances_does_not_keep_the_owner
     owner_ip, attackers = f"{net}.1", [f"{net}.{100 + i}" for i in range(8)]
     env = {"RATE_LIMIT_ENABLED": "true", "RATE_LIMIT_STORAGE_URI": "redis://127.0.0.1:6379/0",
            "RATE_LIMIT_LOGIN_ACCOUNT_CEILING": "20/hour", "TRUSTED_PROXIES": "127.0.0.1",
-           "WEB_CONCURRENCY": "2", "WEBHOOK_WORKER": "false"}
+           "WEB_CONCURRENCY": "2", "WEBHOOK_WORKER": "false",
+           # One login at a time per worker: the ceiling is checked before the password and counted
+           # after it, so attempts in flight together all pass the check; with 4 handler threads per
+           # worker (the default) the 8 attackers' overshoot exceeds the owner's reserve of 2.
+           "REQUEST_THREADS": "0"}
     servers = [spawn_server(database_url, production=True, **env) for _ in range(2)]
     bases = [base for _, base in servers]
 
@@ -209,3 +213,32 @@ def test_an_attack_from_eight_addresses_on_two_instances_does_not_keep_the_owner
     assert answers.count(429) > answers.count(401) > 0
     # Guesses stay bounded: nine tenths of the ceiling, plus the attempts in flight when it was reached.
     assert 18 <= _failures(engine, org.admin_id) <= 18 + len(attackers)
+
+
+def test_two_workers_enforce_the_documented_limits_in_aggregate_without_redis(database_url, make_org):
+    """`clinic-api serve` with two workers and the default storage: 100/min per user, 10/min login
+    per IP and 5 failed logins per account, counted once for the instance (each worker used to
+    count its own: 164-200 requests got through)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    org = make_org()
+    process, base = spawn_server(database_url, production=True, WEB_CONCURRENCY="2", RATE_LIMIT_ENABLED="true",
+                                 WEBHOOK_WORKER="false")
+    try:
+        def get(_):  # a new connection each: the kernel hands them to either worker
+            return httpx.get(f"{base}/patients?pageSize=1", headers=org.headers, timeout=30).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(get, range(130)))
+        assert (statuses.count(200), statuses.count(429)) == (100, 30), statuses
+
+        def login(email, password="not the password"):
+            return httpx.post(f"{base}/auth/login", json={"email": email, "password": password}, timeout=30).status_code
+
+        # The account's 5 failures, then its lock; the IP's 10 logins a minute count them all.
+        logins = [login(org.admin_email) for _ in range(7)]
+        logins += [login(f"{uuid.uuid4().hex}@example.com") for _ in range(5)]
+        assert logins == [401] * 5 + [429] * 2 + [401] * 3 + [429] * 2
+    finally:
+        process.terminate()
+        process.wait(timeout=40)
