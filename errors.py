@@ -28,6 +28,7 @@ ERRORS: dict[str, ErrorKind] = {
     "ORG_MISMATCH": ErrorKind(403, "The organization does not match the caller's organization"),
     "NOT_AUTHOR": ErrorKind(403, "Only the record's author or an admin may change it"),
     "ORG_CONTEXT_REQUIRED": ErrorKind(403, "The access token names no organization to act in"),
+    "ORGANIZATION_REQUIRED": ErrorKind(403, "This login belongs to several organizations: POST /auth/login with org_id"),
     "MFA_REQUIRED": ErrorKind(403, "This account logs in with a second factor: POST /auth/login, then /auth/mfa/verify"),
     "NOT_FOUND": ErrorKind(404, "The resource does not exist"),
     "METHOD_NOT_ALLOWED": ErrorKind(405, "The method is not allowed on this resource"),

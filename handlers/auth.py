@@ -12,13 +12,13 @@ from models import accounts
 
 def login(body: dict):
     """Exchange email and password for tokens, or for an MFA challenge (202) when the member has a second factor."""
-    result = _logged_in(body["email"], body["password"])
-    return ok(result, 202 if result.get("mfa_required") else 200)
+    result = _logged_in(body["email"], body["password"], body.get("org_id"))
+    return ok(result, 202 if "access_token" not in result else 200)
 
 
-def _logged_in(email: str, password: str) -> dict:
-    """The session's tokens (or MFA challenge), with the per-account throttles on failed passwords."""
-    return throttled(email, lambda origin: accounts.login(email, password, origin), "INVALID_CREDENTIALS")
+def _logged_in(email: str, password: str, org_id: str | None = None) -> dict:
+    """The session's tokens (or the next step), with the per-account throttles on failed passwords."""
+    return throttled(email, lambda origin: accounts.login(email, password, origin, org_id), "INVALID_CREDENTIALS")
 
 
 def throttled(email: str | None, attempt, failure_code: str) -> dict:
@@ -47,6 +47,8 @@ def issue_token(body: dict):
         tokens = _logged_in(_form_field(body, "username"), _form_field(body, "password"))
         if tokens.get("mfa_required"):  # an OAuth tool cannot take the second step
             raise ApiError("MFA_REQUIRED")
+        if tokens.get("organization_required"):
+            raise ApiError("ORGANIZATION_REQUIRED")
     else:
         tokens = accounts.refresh(_form_field(body, "refresh_token"), request_origin())
     answer = {name: tokens[name] for name in ("access_token", "token_type", "expires_in", "refresh_token")}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import unicodedata
 from typing import Callable
 
 from limits import parse
@@ -82,7 +83,9 @@ class RateLimits:
 
 
 def _account_key(email: str) -> str:
-    return email.strip().lower()
+    # As the database compares login names (models/accounts.py): a full-width look-alike is the
+    # same account, not a fresh budget.
+    return unicodedata.normalize("NFKC", email).strip().lower()
 
 
 def _pair_key(email: str, ip: str | None) -> str:

@@ -12,7 +12,7 @@ import config
 from errors import ApiError
 from models import audit, credentials, mfa
 from models.database import current_engine
-from models.tenancy import same_org, scoped
+from models.tenancy import own_organization, same_org, scoped
 from models.tables import STAFF_SECRETS, branch, login_origin, organization, role, session, staff, user_role
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,21 @@ def grants(conn, org_id: str, staff_id: str) -> tuple[list[str], list[str]]:
     return [name for name, _ in rows], scopes
 
 
-def _live_staff_by_email(conn, email: str):
-    return conn.execute(
-        select(*STAFF_PUBLIC, staff.c.password_hash)
-        .where(func.lower(staff.c.email) == email.lower(), staff.c.deleted_at.is_(None))
-    ).mappings().first()
+def login_name(value):
+    """An address as people read it: NFKC-normalised and lower-cased, by PostgreSQL, the way the
+    staff_email_live_key and staff_login_name_idx indexes compare it (sql/0027)."""
+    return func.lower(func.normalize(value, sa.literal_column("NFKC")))
+
+
+def _live_memberships(conn, email: str, org_id: str | None):
+    """Every live staff row this address logs in as (one per organization), or only ``org_id``'s."""
+    query = (select(*STAFF_PUBLIC, staff.c.password_hash)
+             .where(login_name(staff.c.email) == login_name(sa.literal(email, sa.String)),
+                    staff.c.deleted_at.is_(None))
+             .order_by(staff.c.created_at, staff.c.id))
+    if org_id is not None:
+        query = query.where(*scoped(staff, org_id))
+    return conn.execute(query).mappings().all()
 
 
 def _start_session(conn, member, family_id: str, origin: dict) -> tuple[str, str]:
@@ -74,22 +84,32 @@ def _tokens(conn, member, refresh_token: str) -> dict:
     return tokens
 
 
-def login(email: str, password: str, origin: dict) -> dict:
-    """Check the credentials and open a session; unknown email and bad password look the same."""
+def login(email: str, password: str, origin: dict, org_id: str | None = None) -> dict:
+    """Check the credentials and open a session; unknown email and bad password look the same.
+
+    An address may log in to several organizations (each membership has its own password): when
+    the password opens more than one and ``org_id`` names none of them, the answer lists those.
+    """
     if not credentials.password_fits(password):
         raise ApiError("VALIDATION_ERROR", "password must be 1 to 72 bytes", field="password")
     engine = current_engine()
     with engine.connect() as conn:
-        member = _live_staff_by_email(conn, email)
+        members = _live_memberships(conn, email, org_id)
     # bcrypt runs outside any transaction so a slow hash never holds a database connection.
-    accepted = credentials.check_password(password, member["password_hash"] if member else None)
+    if not members:
+        credentials.check_password(password, None)  # the same cost as a wrong password
+    opened = [m for m in members if credentials.check_password(password, m["password_hash"])]
+    member = opened[0] if len(opened) == 1 else None
+    accepted = bool(opened)
     with engine.begin() as conn:
         if not accepted:
-            if member is None:
+            if not members:
                 log.info("login failed for an unknown email", extra={"event": "login_failed"})
-            else:
-                audit.record(conn, org_id=member["org_id"], user_id=member["id"],
+            for failed in members:
+                audit.record(conn, org_id=failed["org_id"], user_id=failed["id"],
                              action="login_failed", resource="session", origin=origin)
+        elif member is None:
+            result = {"organization_required": True, "organizations": _organizations(conn, opened)}
         elif mfa.enrolled(conn, member["org_id"], member["id"]):
             result = mfa.open_challenge(conn, member)
             audit.record(conn, org_id=member["org_id"], user_id=member["id"], action="login_mfa_challenge",
@@ -99,6 +119,15 @@ def login(email: str, password: str, origin: dict) -> dict:
     if not accepted:
         raise ApiError("INVALID_CREDENTIALS")
     return result
+
+
+def _organizations(conn, members) -> list[dict]:
+    """The organizations a password opened, for the caller to choose from (and nothing more)."""
+    names = {}
+    for member in members:
+        names[member["org_id"]] = conn.execute(
+            select(organization.c.name).where(own_organization(organization, member["org_id"]))).scalar_one()
+    return [{"org_id": key, "name": name} for key, name in names.items()]
 
 
 def _open_session(conn, member, origin: dict, *, second_factor: str | None = None) -> dict:
@@ -146,7 +175,7 @@ def logged_in_from(email: str, ip_address: str | None) -> bool:
     with current_engine().connect() as conn:
         return conn.execute(
             select(sa.exists().where(
-                func.lower(staff.c.email) == email.lower(), staff.c.deleted_at.is_(None),
+                login_name(staff.c.email) == login_name(sa.literal(email, sa.String)), staff.c.deleted_at.is_(None),
                 login_origin.c.staff_id == staff.c.id, same_org(login_origin, staff),
                 login_origin.c.ip_address == ip_address,
                 login_origin.c.last_login_at > func.now() - dt.timedelta(days=KNOWN_ORIGIN_DAYS),

@@ -37,10 +37,11 @@ def test_create_org_takes_admin_password_from_the_environment(client, database_u
     assert client.post("/auth/login", json={"email": email, "password": "another password"}).status_code == 200
 
 
-def test_create_org_refuses_a_taken_email_and_a_short_password(database_url, org_a):
-    taken = run_cli(["create-org", "--name", "X", "--branch-name", "HQ", "--admin-email", org_a.admin_email],
-                    database_url, stdin=PASSWORD + "\n")
-    assert taken.returncode != 0 and "already in use" in taken.stderr
+def test_create_org_takes_an_address_of_another_organization_and_refuses_a_short_password(database_url, org_a):
+    # One person may run two clinics with one address (each organization has its own logins).
+    shared = run_cli(["create-org", "--name", "X", "--branch-name", "HQ", "--admin-email", org_a.admin_email],
+                     database_url, stdin=PASSWORD + "\n")
+    assert shared.returncode == 0, shared.stderr
     short = run_cli(["create-org", "--name", "X", "--branch-name", "HQ", "--admin-email", "s@example.com"],
                     database_url, stdin="short\n")
     assert short.returncode != 0 and "8 to 72" in short.stderr

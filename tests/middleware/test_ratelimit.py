@@ -90,6 +90,15 @@ def test_a_right_password_wipes_the_addresses_failures(limited, make_org):
     assert _login(client, org.admin_email, "a typo").status_code == 401  # one failure again, not two
 
 
+def test_a_look_alike_address_shares_the_accounts_budget(limited, make_org):
+    org = make_org()
+    full_width = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" and c != "@" else c for c in org.admin_email)
+    client = limited.test_client(client=("10.2.2.1", 1000))
+    assert _login(client, org.admin_email.upper(), "not the password").status_code == 401
+    assert _login(client, full_width, "not the password").status_code == 401
+    assert _login(client, org.admin_email, PASSWORD).status_code == 429  # two failures of one account
+
+
 @pytest.fixture
 def ceiling(app_with):
     """A ceiling of 10 failures an hour (the last one kept for the member's own addresses), 2 per address."""
