@@ -54,14 +54,15 @@ def _replicas() -> dict:
     if not pools.replicas:
         return {}
     seen = []
+    now = time.monotonic()
     for replica in pools.replicas:
         health = replica.health
         if not health.up:
             seen.append({"name": replica.name, "state": "down"})
             continue
-        lag = round(health.lag_seconds, 3) if health.lag_seconds is not None else None
-        fit = lag is not None and lag <= pools.max_lag_seconds
-        seen.append({"name": replica.name, "state": "ok" if fit else "lagging", "lag_seconds": lag})
+        lag = health.lag_at(now)
+        seen.append({"name": replica.name, "state": "ok" if pools.serves_reads(health, now) else "lagging",
+                     "lag_seconds": round(lag, 3) if lag is not None else None})
     return {"replicas": seen}
 
 

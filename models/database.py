@@ -159,6 +159,11 @@ class Health:
     lag_seconds: float | None = None
     checked_at: float = 0.0  # time.monotonic()
 
+    def lag_at(self, now: float) -> float | None:
+        """How far behind the replica's data may be at ``now``: the time since it was last
+        checked counts as lag, as that is how stale its data may have grown since."""
+        return None if not self.up or self.lag_seconds is None else self.lag_seconds + max(now - self.checked_at, 0.0)
+
 
 @dataclass(eq=False)
 class Replica:
@@ -189,6 +194,12 @@ class Pools:
     probe: "Probe | None" = None
     # When each server's failed connections were last logged (_connection_failure_log).
     failure_logs: dict = field(default_factory=dict)
+
+    def serves_reads(self, health: Health, now: float) -> bool:
+        """Whether a replica so seen is close enough behind to serve reads at ``now``: the one
+        judgment that routing, /ready and the probe's log share."""
+        lag = health.lag_at(now)
+        return lag is not None and lag <= self.max_lag_seconds
 
     def named(self) -> list[tuple[str, Engine]]:
         """Every pool by the name /metrics gives it."""
@@ -293,14 +304,12 @@ def read(work: Callable[[Connection], T], *, on_primary: bool = False) -> T:
 
 
 def _replica_for(pools: Pools, floor: int | None) -> Replica | None:
-    """A replica fit to serve this read, or None. The time since a replica was last checked
-    counts as lag: that is how stale its data may have grown since."""
+    """A replica fit to serve this read, or None."""
     if floor is None:
         return None
     now = time.monotonic()
     fit = [replica for replica in pools.replicas
-           if (health := replica.health).up and health.lag_seconds is not None and health.lsn >= floor
-           and health.lag_seconds + (now - health.checked_at) <= pools.max_lag_seconds]
+           if replica.health.lsn >= floor and pools.serves_reads(replica.health, now)]
     return random.choice(fit) if fit else None
 
 
@@ -465,7 +474,7 @@ class Probe:
 
     def _log_change(self, replica: Replica, before: Health) -> None:
         def fit(health: Health) -> bool:
-            return health.up and health.lag_seconds is not None and health.lag_seconds <= self.pools.max_lag_seconds
+            return self.pools.serves_reads(health, health.checked_at)
 
         after = replica.health
         if fit(after) == fit(before) and before.checked_at:

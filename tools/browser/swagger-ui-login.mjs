@@ -21,9 +21,10 @@ try {
   const token = page.waitForResponse((r) => r.url().endsWith("/auth/token"));
   await dialog.locator(".btn.modal-btn.auth.authorize").click();
   const tokenStatus = (await token).status();
-  // Once authorized, the dialog offers "Logout" instead of "Authorize".
+  // Once authorized, the dialog offers "Logout" instead of "Authorize". isVisible() does not wait
+  // (its timeout is ignored), and on a busy machine the dialog re-renders after the token arrives.
   const authorized = await dialog.locator("button.btn.modal-btn.auth", { hasText: "Logout" }).first()
-    .isVisible({ timeout: 10000 }).catch(() => false);
+    .waitFor({ state: "visible", timeout: 10000 }).then(() => true, () => false);
   await dialog.locator(".btn-done, .close-modal").first().click();
 
   const operation = page.locator("#operations-patients-listPatients");
