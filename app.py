@@ -16,12 +16,12 @@ from starlette.middleware.cors import CORSMiddleware
 
 import config
 from handlers import JSONIFIER, health
-from middleware import adapter, errors, observability, telemetry
+from middleware import adapter, auth, errors, observability, telemetry
 from middleware.ratelimit import RateLimits
 from middleware.http import Edge
 from middleware import replicas
 from middleware.routes import RouteTable
-from models import contract, credentials, database, resources, signing
+from models import contract, credentials, database, resources, sessions, signing
 from state import AppState
 
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
@@ -47,6 +47,8 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
                          dummy_password_hash=credentials.dummy_hash(settings),
                          resources=contract.derive(document, resources.ALL))
     app_state.tracing = telemetry.configure(settings, [app_state.pools.writer, app_state.pools.reader])
+    app_state.sessions = sessions.SessionCache(settings, settings.database_listen_url or url).start()
+    app_state.pools.companions.append(app_state.sessions)
 
     app = connexion.FlaskApp(
         __name__,
@@ -85,6 +87,7 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
                        routes=RouteTable(document), app_state=app_state)
     app.state = app_state
     replicas.install(app.app, app_state.pools)
+    auth.install(app.app)
     # Each worker looks at its database servers once a second, traffic or not (db_up, replica lag).
     database.Probe(app_state.pools, url, report=observability.server_health,
                    connect_timeout_s=settings.db_connect_timeout_s).start()

@@ -84,6 +84,13 @@ class Settings:
     jwt_audience: str = "clinic-api"
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 24 * 3600
+    # A login session ends this long after the login whatever its use, or after this long unused
+    # (models/sessions.py); both are checked on every refresh and every request.
+    session_absolute_lifetime_s: int = 12 * 3600
+    session_idle_timeout_s: int = 30 * 60
+    # A refresh token presented again this soon after its rotation (a client's double submit)
+    # gets a pair of its own instead of ending the session as a theft would.
+    refresh_grace_s: int = 10
     bcrypt_rounds: int = 12
     host: str = "127.0.0.1"
     port: int = 8000
@@ -187,6 +194,9 @@ def load(env=None, *, serving: bool = True) -> Settings:
         jwt_audience=env.get("JWT_AUDIENCE", defaults.jwt_audience),
         access_token_ttl_s=_int("ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_s, env),
         refresh_token_ttl_s=_int("REFRESH_TOKEN_TTL_SECONDS", defaults.refresh_token_ttl_s, env),
+        session_absolute_lifetime_s=_int("SESSION_ABSOLUTE_LIFETIME_SECONDS", defaults.session_absolute_lifetime_s, env),
+        session_idle_timeout_s=_int("SESSION_IDLE_TIMEOUT_SECONDS", defaults.session_idle_timeout_s, env),
+        refresh_grace_s=_int("REFRESH_GRACE_SECONDS", defaults.refresh_grace_s, env),
         bcrypt_rounds=_int("BCRYPT_ROUNDS", defaults.bcrypt_rounds, env),
         host=env.get("HOST", defaults.host),
         port=_int("PORT", defaults.port, env),
@@ -262,6 +272,10 @@ def check(settings: Settings, *, serving: bool = True) -> None:
         raise ConfigError("APPOINTMENT_DEFAULT_MINUTES must be between 1 and 1440")
     if settings.access_token_ttl_s <= 0 or settings.refresh_token_ttl_s <= 0:
         raise ConfigError("ACCESS_TOKEN_TTL_SECONDS and REFRESH_TOKEN_TTL_SECONDS must be positive")
+    if settings.session_absolute_lifetime_s < 1 or settings.session_idle_timeout_s < 1:
+        raise ConfigError("SESSION_ABSOLUTE_LIFETIME_SECONDS and SESSION_IDLE_TIMEOUT_SECONDS must be at least 1")
+    if not 0 <= settings.refresh_grace_s <= 60:
+        raise ConfigError("REFRESH_GRACE_SECONDS must be between 0 and 60 (a longer window is a longer theft window)")
     if not 0 <= settings.request_threads <= 64:
         raise ConfigError("REQUEST_THREADS must be between 0 and 64")
     if settings.max_header_bytes < 1024 or settings.max_header_count < 10 or settings.header_timeout_s < 1:

@@ -31,6 +31,8 @@ class AppState:
     dummy_password_hash: bytes = b""
     # Verified access tokens (middleware/auth.py) and list-count estimates (models/crud.py).
     verified_tokens: dict = field(default_factory=dict)
+    # The standing of the sessions this worker's requests name (models/sessions.py).
+    sessions: Any = None
     count_estimates: dict = field(default_factory=dict)
     # /ready's last look at the migration record: (monotonic time, pending count).
     migrations_checked: tuple[float, int] | None = None

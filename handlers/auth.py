@@ -6,8 +6,8 @@ from errors import ApiError
 from handlers import JSONIFIER, no_content, ok
 from middleware import auth, ratelimit
 from middleware.observability import LOGIN_FAILURES
-from middleware.tenancy import current_caller, request_origin
-from models import accounts
+from middleware.tenancy import current_caller, current_session_id, request_origin
+from models import accounts, sessions
 
 
 def login(body: dict):
@@ -52,7 +52,7 @@ def issue_token(body: dict):
     else:
         tokens = accounts.refresh(_form_field(body, "refresh_token"), request_origin())
     answer = {name: tokens[name] for name in ("access_token", "token_type", "expires_in", "refresh_token")}
-    answer["scope"] = auth.token_info(tokens["access_token"])["scope"]
+    answer["scope"] = auth.verified_claims(tokens["access_token"])["scope"]
     return flask.Response(JSONIFIER.dumps(answer), status=200, content_type="application/json",
                           headers={"Pragma": "no-cache"})
 
@@ -72,6 +72,17 @@ def refresh_token(body: dict):
 def logout(body: dict):
     """Revoke the session the refresh token belongs to."""
     accounts.logout(body["refresh_token"], request_origin())
+    return no_content()
+
+
+def list_sessions():
+    """The caller's sessions in force, the current one marked."""
+    return ok(sessions.sessions_of(current_caller(), current_session_id()))
+
+
+def end_session(id_: str):
+    """End one of the caller's sessions (the current one too: a logout)."""
+    sessions.end_own(current_caller(), id_, request_origin())
     return no_content()
 
 

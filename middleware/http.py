@@ -214,6 +214,6 @@ def _verified_claims(authorization: bytes | None) -> dict | None:
     if not authorization or authorization[:7].lower() != b"bearer ":
         return None
     try:
-        return auth.token_info(authorization[7:].strip().decode("latin-1"))
+        return auth.verified_claims(authorization[7:].strip().decode("latin-1"))
     except Exception:
         return None

@@ -23,6 +23,12 @@ def current_caller() -> Caller:
                   origin_of=request_origin)
 
 
+def current_session_id() -> str | None:
+    """The login session the request's access token names (its ``sid``)."""
+    claims = context.get("token_info")
+    return claims.get("sid") if claims else None
+
+
 def request_origin() -> dict:
     """Request id, client IP and user agent of the current request (for audit rows and sessions)."""
     request = flask.request

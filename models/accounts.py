@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
 import config
 from errors import ApiError
-from models import audit, credentials, mfa
+from models import audit, credentials, mfa, sessions
 from models.database import current_engine
 from models.tenancy import own_organization, same_org, scoped
-from models.tables import STAFF_SECRETS, branch, login_origin, organization, role, session, staff, user_role
+from models.tables import STAFF_SECRETS, auth_session, branch, login_origin, organization, role, session, staff, user_role
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +51,38 @@ def _live_memberships(conn, email: str, org_id: str | None):
     return conn.execute(query).mappings().all()
 
 
-def _start_session(conn, member, family_id: str, origin: dict) -> tuple[str, str]:
-    """A new session row; returns the refresh token (shown once) and the row's id."""
+def _issue_refresh_token(conn, member, session_id: str, origin: dict, *, session_started=None) -> tuple[str, str]:
+    """A new refresh token of a session; returns the token (shown once) and its row's id. It
+    expires with the session's absolute lifetime at the latest."""
+    conf = config.current()
     token, token_hash = credentials.new_refresh_token()
-    session_id = conn.execute(
+    expires = func.now() + dt.timedelta(seconds=conf.refresh_token_ttl_s)
+    if session_started is not None:
+        expires = func.least(expires, session_started + dt.timedelta(seconds=conf.session_absolute_lifetime_s))
+    else:
+        expires = func.now() + dt.timedelta(seconds=min(conf.refresh_token_ttl_s, conf.session_absolute_lifetime_s))
+    row_id = conn.execute(
         session.insert().values(
             org_id=member["org_id"],
             user_id=member["id"],
-            family_id=family_id,
+            family_id=session_id,
             refresh_token_hash=token_hash,
-            expires_at=func.now() + dt.timedelta(seconds=config.current().refresh_token_ttl_s),
+            expires_at=expires,
             ip_address=origin.get("ip_address"),
             user_agent=origin.get("user_agent"),
         ).returning(session.c.id)
     ).scalar_one()
-    return token, session_id
+    return token, row_id
 
 
-def _tokens(conn, member, refresh_token: str) -> dict:
+def _tokens(conn, member, refresh_token: str, session_id: str) -> dict:
     roles, scopes = grants(conn, member["org_id"], member["id"])
     # A role that requires a second factor grants nothing until the member has one: the token
     # still lets them enrol (operations that need no scope).
     enrolment_due = mfa.required_for(conn, member["org_id"], member["id"], roles)
     access = credentials.issue_access_token(
-        staff_id=member["id"], org_id=member["org_id"], roles=roles, scopes=[] if enrolment_due else scopes
+        staff_id=member["id"], org_id=member["org_id"], session_id=session_id, roles=roles,
+        scopes=[] if enrolment_due else scopes,
     )
     tokens = {"access_token": access, "refresh_token": refresh_token, "token_type": "Bearer",
               "expires_in": config.current().access_token_ttl_s}
@@ -131,10 +138,11 @@ def _organizations(conn, members) -> list[dict]:
 
 
 def _open_session(conn, member, origin: dict, *, second_factor: str | None = None) -> dict:
-    """A new session family for a member who proved who they are: tokens, the user, the audit row."""
-    refresh, _ = _start_session(conn, member, str(uuid.uuid4()), origin)
+    """A new session for a member who proved who they are: tokens, the user, the audit row."""
+    session_id = sessions.open_session(conn, member, origin)
+    refresh, _ = _issue_refresh_token(conn, member, session_id, origin)
     _remember_origin(conn, member, origin)
-    result = _tokens(conn, member, refresh)
+    result = _tokens(conn, member, refresh, session_id)
     result["user"] = _public(member)
     audit.record(conn, org_id=member["org_id"], user_id=member["id"], action="login", resource="session",
                  after={"second_factor": second_factor} if second_factor else None, origin=origin)
@@ -199,40 +207,64 @@ def refresh(refresh_token: str, origin: dict) -> dict:
 def _rotate(conn, current, origin):
     if current is None:
         return ApiError("INVALID_TOKEN")
+    owner = conn.execute(
+        select(auth_session.c.created_at, sa.and_(*sessions.live()).label("in_force"))
+        .where(auth_session.c.id == current["family_id"]).with_for_update()
+    ).mappings().first()
+    in_force = owner is not None and owner["in_force"]
     if current["revoked"] and current["replaced_by"] is not None:
-        revoked = _revoke_family(conn, current["family_id"])
+        if in_force and _double_submit(conn, current):
+            outcome = _successor(conn, current, owner, origin)
+            return outcome if isinstance(outcome, ApiError) else outcome[0]
+        revoked = sessions.end(conn, auth_session.c.id == current["family_id"], reason="token_reuse")
         audit.record(conn, org_id=current["org_id"], user_id=current["user_id"],
-                     action="token_reuse", resource="session", resource_id=current["id"],
-                     after={"sessions_revoked": revoked}, origin=origin)
+                     action="token_reuse", resource="session", resource_id=current["family_id"],
+                     after={"sessions_revoked": len(revoked)}, origin=origin)
         return ApiError("INVALID_TOKEN")
     if current["revoked"]:
         return ApiError("INVALID_TOKEN")
     expired = conn.execute(select(current["expires_at"] <= func.now())).scalar_one()
-    member = conn.execute(
-        select(*STAFF_PUBLIC).where(staff.c.id == current["user_id"], staff.c.deleted_at.is_(None))
-    ).mappings().first()
-    if expired or member is None:
-        _revoke_family(conn, current["family_id"])
+    if expired or not in_force:
+        sessions.end(conn, auth_session.c.id == current["family_id"], reason="expired")
         return ApiError("INVALID_TOKEN")
-    token, successor_id = _start_session(conn, member, current["family_id"], origin)
-    conn.execute(
-        session.update().where(session.c.id == current["id"])
-        .values(revoked=True, revoked_at=func.now(), replaced_by=successor_id)
-    )
-    return _tokens(conn, member, token)
+    outcome = _successor(conn, current, owner, origin)
+    if isinstance(outcome, ApiError):
+        return outcome
+    tokens, successor_id = outcome
+    conn.execute(session.update().where(session.c.id == current["id"])
+                 .values(revoked=True, revoked_at=func.now(), replaced_by=successor_id))
+    return tokens
 
 
-def _revoke_family(conn, family_id: str) -> int:
-    result = conn.execute(
-        session.update()
-        .where(session.c.family_id == family_id, session.c.revoked.is_(False))
-        .values(revoked=True, revoked_at=func.now())
-    )
-    return result.rowcount
+def _double_submit(conn, current) -> bool:
+    """A rotated token presented again within REFRESH_GRACE_SECONDS, while the token it was rotated
+    into is still unused: a client that sent its refresh twice, not a thief (who would come later,
+    or after the client had moved on)."""
+    grace = config.current().refresh_grace_s
+    return conn.execute(
+        select(sa.and_(current["revoked_at"] > func.now() - dt.timedelta(seconds=grace),
+                       select(session.c.revoked).where(session.c.id == current["replaced_by"])
+                       .scalar_subquery().is_(False)))
+    ).scalar_one() if grace > 0 else False
+
+
+def _successor(conn, current, owner, origin):
+    """A new token pair of the session ``current`` belongs to, and the new refresh token's row id."""
+    member = conn.execute(
+        select(*STAFF_PUBLIC).where(staff.c.id == current["user_id"], *scoped(staff, current["org_id"]),
+                                    staff.c.deleted_at.is_(None))
+    ).mappings().first()
+    if member is None:
+        sessions.end(conn, auth_session.c.id == current["family_id"], reason="staff_deleted")
+        return ApiError("INVALID_TOKEN")
+    token, row_id = _issue_refresh_token(conn, member, current["family_id"], origin, session_started=owner["created_at"])
+    conn.execute(auth_session.update().where(auth_session.c.id == current["family_id"])
+                 .values(last_used_at=func.now()))
+    return _tokens(conn, member, token, current["family_id"]), row_id
 
 
 def logout(refresh_token: str, origin: dict) -> None:
-    """Revoke the session family of this refresh token. An unknown token is not an error."""
+    """End the session of this refresh token. An unknown token is not an error."""
     token_hash = credentials.hash_refresh_token(refresh_token)
     with current_engine().begin() as conn:
         current = conn.execute(
@@ -240,18 +272,14 @@ def logout(refresh_token: str, origin: dict) -> None:
         ).mappings().first()
         if current is None:
             return
-        _revoke_family(conn, current["family_id"])
+        sessions.end(conn, auth_session.c.id == current["family_id"], reason="logout")
         audit.record(conn, org_id=current["org_id"], user_id=current["user_id"], action="logout",
-                     resource="session", resource_id=current["id"], origin=origin)
+                     resource="session", resource_id=current["family_id"], origin=origin)
 
 
 def revoke_sessions_of(conn, org_id: str, staff_id: str) -> None:
     """End every session of a staff member (used when the member is deleted)."""
-    conn.execute(
-        session.update()
-        .where(*scoped(session, org_id), session.c.user_id == staff_id, session.c.revoked.is_(False))
-        .values(revoked=True, revoked_at=func.now())
-    )
+    sessions.end_all_of(conn, org_id, staff_id, reason="staff_deleted")
 
 
 def me(org_id: str, staff_id: str) -> dict:

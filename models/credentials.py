@@ -17,7 +17,7 @@ import state
 from config import Settings
 from errors import ApiError
 from models.signing import ALGORITHM
-_REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
+_REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti", "sid"]
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it
 
 def dummy_hash(settings: Settings) -> bytes:
@@ -26,12 +26,14 @@ def dummy_hash(settings: Settings) -> bytes:
     return bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(settings.bcrypt_rounds))
 
 
-def issue_access_token(*, staff_id: str, org_id: str, roles: list[str], scopes: list[str]) -> str:
-    """A short-lived signed access token carrying who, which organization and what they may do."""
+def issue_access_token(*, staff_id: str, org_id: str, session_id: str, roles: list[str], scopes: list[str]) -> str:
+    """A short-lived signed access token carrying who, in which session and organization, and what
+    they may do (each request checks that the session is still in force: models/sessions.py)."""
     conf = config.current()
     now = int(time.time())
     claims = {
         "sub": staff_id,
+        "sid": session_id,
         "org_id": org_id,
         "roles": roles,
         "scope": " ".join(sorted(scopes)),
@@ -63,7 +65,8 @@ def decode_access_token(token: str) -> dict:
     except jwt.PyJWTError as exc:
         raise ApiError("UNAUTHORIZED", "The access token is invalid") from exc
     if not isinstance(claims.get("scope"), str) or not isinstance(claims.get("org_id"), (str, type(None))) \
-            or not isinstance(claims.get("sub"), str) or not _whole_seconds(claims["exp"], claims["iat"]):
+            or not isinstance(claims.get("sub"), str) or not _is_uuid(claims.get("sid")) \
+            or not _whole_seconds(claims["exp"], claims["iat"]):
         # PyJWT takes "exp": "9999999999" (it calls int() on it); every later use compares numbers.
         raise ApiError("UNAUTHORIZED", "The access token is invalid")
     if not claims.get("org_id"):
@@ -78,6 +81,13 @@ def _verifying_key(token: str):
     if key is None:
         raise jwt.InvalidKeyError("the token names no key of this server")
     return key.public
+
+
+def _is_uuid(value) -> bool:
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
 
 
 def _whole_seconds(*values) -> bool:

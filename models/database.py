@@ -192,6 +192,8 @@ class Pools:
     max_lag_seconds: float = 5.0
     primary: Health = Health()
     probe: "Probe | None" = None
+    # Threads that use these servers and stop with the pools (the session listener).
+    companions: list = field(default_factory=list)
     # When each server's failed connections were last logged (_connection_failure_log).
     failure_logs: dict = field(default_factory=dict)
 
@@ -209,6 +211,8 @@ class Pools:
     def dispose(self) -> None:
         if self.probe is not None:
             self.probe.stop()
+        for companion in self.companions:
+            companion.stop()
         self.writer.dispose()
         self.reader.dispose()
         for replica in self.replicas:

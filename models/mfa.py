@@ -107,9 +107,15 @@ def _matching_step(row, code: str) -> int | None:
 
 def required_for(conn, org_id: str, staff_id: str, roles: list[str]) -> bool:
     """Whether a role of the member requires a second factor (MFA_REQUIRED_ROLES) they lack."""
-    if not set(roles) & set(config.current().mfa_required_roles):
+    required = config.current().mfa_required_roles
+    if not set(roles) & set(required):
         return False
-    return not enrolled(conn, org_id, staff_id)
+    return enrolment_due(roles, enrolled(conn, org_id, staff_id), required)
+
+
+def enrolment_due(roles, has_second_factor: bool, required_roles) -> bool:
+    """A role requires a second factor the member lacks: their access grants no scope until they enrol."""
+    return bool(set(roles) & set(required_roles)) and not has_second_factor
 
 
 def enrolled(conn, org_id: str, staff_id: str) -> bool:

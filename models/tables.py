@@ -252,6 +252,17 @@ session = Table(
     _ref("replaced_by", nullable=True),
 )
 
+auth_session = Table(
+    "auth_session", metadata,
+    _id(), _org(), _ref("user_id"),
+    _ts("created_at", nullable=False, default=NOW),
+    _ts("last_used_at", nullable=False, default=NOW),
+    Column("ip_address", String(45)),
+    Column("user_agent", Text),
+    _ts("ended_at"),
+    Column("end_reason", String(30)),
+)
+
 audit_log = Table(
     "audit_log", metadata,
     # Partitioned by created_at (sql/0021), so the key holds it too.

@@ -92,7 +92,8 @@ def app(settings, database_url):
 
     session_app = create_app(settings, database_url=database_url)
     state.bind(session_app.state)
-    return session_app
+    yield session_app
+    session_app.state.pools.dispose()  # its threads (probe, session listener) stop before the database goes
 
 
 @pytest.fixture(scope="session")
@@ -131,6 +132,13 @@ class Org:
     @property
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.access_token}"}
+
+    @property
+    def session_id(self) -> str:
+        """The admin's login session, which the access token names (its ``sid``)."""
+        import jwt
+
+        return jwt.decode(self.access_token, options={"verify_signature": False})["sid"]
 
 
 @pytest.fixture

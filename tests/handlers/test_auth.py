@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 
 import jwt
 import pytest
@@ -77,10 +78,13 @@ def test_refresh_rotates_and_the_old_token_stops_working(client, org_a):
 
 def test_reusing_a_rotated_token_revokes_the_whole_family(client, org_a, engine):
     rotated = client.post("/auth/refresh", json={"refresh_token": org_a.refresh_token}).json()["data"]
+    # The client moved on (its new token was used): the old one coming back is a thief's, even
+    # within REFRESH_GRACE_SECONDS (tests/handlers/test_sessions.py has the double submit).
+    latest = client.post("/auth/refresh", json={"refresh_token": rotated["refresh_token"]}).json()["data"]
     reuse = client.post("/auth/refresh", json={"refresh_token": org_a.refresh_token})
     assert reuse.status_code == 401 and error_of(reuse)["code"] == "INVALID_TOKEN"
     # The thief's replay also killed the legitimate successor.
-    successor = client.post("/auth/refresh", json={"refresh_token": rotated["refresh_token"]})
+    successor = client.post("/auth/refresh", json={"refresh_token": latest["refresh_token"]})
     assert successor.status_code == 401
     with engine.connect() as conn:
         reuse_rows = conn.execute(
@@ -131,7 +135,7 @@ def test_expired_refresh_token_is_refused(client, org_a, engine):
 
 def _forge(settings, org, **changes):
     now = int(time.time())
-    claims = {"sub": org.admin_id, "org_id": org.org_id, "roles": ["admin"], "scope": "patients:read",
+    claims = {"sub": org.admin_id, "sid": org.session_id, "org_id": org.org_id, "roles": ["admin"], "scope": "patients:read",
               "jti": "x", "iat": now, "exp": now + 60, "iss": settings.jwt_issuer, "aud": settings.jwt_audience}
     claims.update(changes)
     return {k: v for k, v in claims.items() if v is not None}
@@ -152,8 +156,9 @@ def _hs256_with_the_public_key(claims: dict) -> str:
 
 @pytest.mark.parametrize("case", ["expired", "wrong_key", "unknown_kid", "alg_none", "hs256_public_key", "tampered",
                                   "no_exp", "string_exp", "string_iat", "number_sub", "wrong_audience",
-                                  "wrong_issuer", "garbage", "basic_scheme"])
-def test_bad_access_tokens_are_401_with_www_authenticate(client, org_a, settings, case):
+                                  "wrong_issuer", "garbage", "basic_scheme", "no_session", "session_not_a_uuid",
+                                  "unknown_session", "another_members_session"])
+def test_bad_access_tokens_are_401_with_www_authenticate(client, org_a, org_b, settings, case):
     stranger = ec.generate_private_key(ec.SECP256R1())
     if case == "expired":
         token = sign_token(_forge(settings, org_a, exp=int(time.time()) - 10))
@@ -181,6 +186,14 @@ def test_bad_access_tokens_are_401_with_www_authenticate(client, org_a, settings
         token = sign_token(_forge(settings, org_a, aud="someone-else"))
     elif case == "wrong_issuer":
         token = sign_token(_forge(settings, org_a, iss="someone-else"))
+    elif case == "no_session":  # every access token names its session
+        token = sign_token(_forge(settings, org_a, sid=None))
+    elif case == "session_not_a_uuid":
+        token = sign_token(_forge(settings, org_a, sid="not-a-session"))
+    elif case == "unknown_session":
+        token = sign_token(_forge(settings, org_a, sid=str(uuid.uuid4())))
+    elif case == "another_members_session":  # a genuine session, but someone else's
+        token = sign_token(_forge(settings, org_a, sid=org_b.session_id))
     else:
         token = "not.a.token"
     scheme = "Basic" if case == "basic_scheme" else "Bearer"

@@ -253,7 +253,8 @@ def test_deleted_branch_cannot_be_referenced(client, org_a, engine):
 def test_writes_need_the_write_scope(client, org_a, engine):
     from models import credentials
 
-    token = credentials.issue_access_token(staff_id=org_a.admin_id, org_id=org_a.org_id, roles=["reader"],
+    token = credentials.issue_access_token(staff_id=org_a.admin_id, org_id=org_a.org_id,
+                                           session_id=org_a.session_id, roles=["reader"],
                                     scopes=["patients:read"])
     headers = {"Authorization": f"Bearer {token}"}
     assert client.get("/patients", headers=headers).status_code == 200

@@ -149,7 +149,7 @@ def test_the_installed_versions_are_the_supported_ones():
 
 DOCUMENTED = {
     ("connexion", None), ("connexion.middleware", "MiddlewarePosition"), ("connexion.resolver", "Resolver"),
-    ("connexion.context", "context"), ("connexion.exceptions", "OAuthProblem"),
+    ("connexion.context", "context"), ("connexion.context", "operation"), ("connexion.exceptions", "OAuthProblem"),
     ("connexion.exceptions", "OAuthScopeProblem"), ("connexion.exceptions", "ProblemException"),
     ("connexion.jsonifier", "Jsonifier"), ("connexion.lifecycle", "ConnexionResponse"),
 }
