@@ -33,14 +33,21 @@ def _int_env(name: str, default: int) -> int:
 
 
 RECEIVER = """
-import http.server, json, sys, time
+import http.server, json, sys, threading, time
+
+# print() writes the text and the newline apart: two handler threads printing at once ran their
+# lines together, and the bench counted fewer events than had arrived.
+written = threading.Lock()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        print(f"{body['data']['id']} {time.monotonic()}", flush=True)  # one write: threads share stdout
+        line = f"{body['data']['id']} {time.monotonic()}\\n"
+        with written:
+            sys.stdout.write(line)
+            sys.stdout.flush()
         self.send_response(204)
         self.send_header("Content-Length", "0")
         self.end_headers()
