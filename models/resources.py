@@ -372,6 +372,8 @@ WEBHOOKS = Resource(
 WEBHOOK_DELIVERIES = Resource(
     name="webhook_delivery", plural="deliveries", table=t.webhook_delivery, path="/webhooks/{id}/deliveries",
     parent=("subscription_id", t.webhook_subscription),
+    # The worker's lease says which worker holds a delivery until when: nothing a client acts on.
+    hidden=frozenset({"locked_until", "lease_token"}),
     emits_events=False,
 )
 

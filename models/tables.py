@@ -374,6 +374,9 @@ webhook_delivery = Table(
     _ts("delivered_at"),
     _ts("created_at", nullable=False, default=NOW),
     _ts("updated_at", nullable=False, default=NOW),
+    # The delivery worker's lease (sql/0029): internal, never shown by the API.
+    _ts("locked_until"),
+    _ref("lease_token", nullable=True),
 )
 
 login_origin = Table(

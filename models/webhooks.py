@@ -81,6 +81,11 @@ def _subscriptions() -> crud.Resource:
     return state.current().resources["webhook"]
 
 
+def _shown_delivery_columns() -> list:
+    """A delivery's columns as the API shows them (without the worker's lease)."""
+    return state.current().resources["webhook_delivery"].public_columns
+
+
 def subscribe(caller: Caller, body: Mapping[str, Any], *,
               idempotency: IdempotentRequest | None = None) -> dict:
     """A new subscription, with its signing secret (shown only in this answer and its replays)."""
@@ -131,7 +136,7 @@ def retry(caller: Caller, subscription_id: str, delivery_id: str) -> dict:
             .values(status="pending", next_attempt_at=sa.func.now(), give_up_at=sa.func.now() + _window(),
                     first_attempt_at=None,
                     updated_at=sa.func.now())
-            .returning(*d.c)
+            .returning(*_shown_delivery_columns())
         ).mappings().first()
         if row is None:
             raise ApiError("NOT_FOUND", "webhook_delivery not found")
@@ -155,7 +160,7 @@ def ping(caller: Caller, subscription_id: str) -> dict:
                                              event_id=event_id, event_type=events.PING,
                                              resource_id=subscription_id,
                                              give_up_at=sa.func.now() + _window())
-            .returning(*webhook_delivery.c)
+            .returning(*_shown_delivery_columns())
         ).mappings().one()
     return dict(row)
 
