@@ -146,7 +146,10 @@ def cmd_worker(settings, args) -> int:
 
     url = _database_url(settings)
     observability.configure_logging(settings.log_level)
-    settings = settings.with_overrides(db_pool_size=settings.webhook_worker_threads, db_max_overflow=1)
+    # A connection per delivery thread and one for the prune; the overflow for batches that span
+    # several subscriptions, whose outcomes are recorded side by side.
+    settings = settings.with_overrides(db_pool_size=settings.webhook_worker_threads + 1,
+                                       db_max_overflow=settings.webhook_worker_threads)
     _with_app_engine(settings, url, lambda: _deliver_until_stopped(settings, url, args.parent_pid))
     return 0
 

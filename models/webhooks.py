@@ -9,6 +9,7 @@ import ipaddress
 import json
 import secrets
 import socket
+import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -169,11 +170,13 @@ def ping(caller: Caller, subscription_id: str) -> dict:
 
 @dataclass(frozen=True)
 class Claim:
-    """A delivery locked by this worker's transaction until it records the attempt."""
+    """A delivery leased to this worker (``claim``) until it records the attempt (``record``) or
+    the lease runs out."""
 
     delivery_id: str
     org_id: str
     subscription_id: str
+    event_id: int
     attempts: int
     give_up_at: dt.datetime
     url: str
@@ -199,107 +202,170 @@ class Claim:
 # Ids of a record that are not references to other records.
 _NOT_REFERENCES = frozenset({"org_id"})
 
-# The oldest due delivery whose record has no earlier event still pending for the subscription
-# (in order per record), of an active subscription. SKIP LOCKED: workers never wait on each other;
-# an earlier event locked by another worker is still pending, so its successors wait for it.
-# The claiming transaction stays open while the worker POSTs (up to 10 s): set_config lifts the
-# runtime role's idle-in-transaction timeout for this transaction only, and only when a row is
-# claimed, without a round trip of its own (and without a session SET, which PgBouncer would leak).
+# Up to :limit of the oldest due deliveries of active subscriptions whose record has no earlier
+# event still pending for the subscription (in order per record: a batch holds at most one
+# delivery per record, and a record's next event waits until this one is recorded), and that no
+# live lease holds. SKIP LOCKED: two workers claiming at once never wait on each other nor take
+# the same row; the row lock lasts only as long as this statement's transaction, the lease
+# (locked_until) for the sending. The commit does not wait for the WAL flush (set_config, local to
+# the transaction, without a round trip of its own): a lease lost in a crash of the server lets
+# another worker send the delivery again, which at-least-once allows.
 _CLAIM = sa.text("""
-    SELECT set_config('idle_in_transaction_session_timeout', '60s', true) AS lifted,
-           d.id, d.org_id, d.subscription_id, d.attempts, d.give_up_at,
+    WITH due AS (
+      SELECT d.id
+        FROM webhook_delivery d
+        JOIN webhook_subscription s ON s.id = d.subscription_id AND s.org_id = d.org_id
+       WHERE d.status = 'pending'
+         AND d.next_attempt_at <= now()
+         AND (d.locked_until IS NULL OR d.locked_until <= now())
+         AND s.status = 'active' AND s.deleted_at IS NULL
+         AND NOT EXISTS (SELECT 1 FROM webhook_delivery earlier
+                          WHERE earlier.subscription_id = d.subscription_id
+                            AND earlier.resource_id = d.resource_id
+                            AND earlier.status = 'pending'
+                            AND earlier.event_id < d.event_id)
+       ORDER BY d.next_attempt_at
+       LIMIT :limit
+         FOR UPDATE OF d SKIP LOCKED)
+    UPDATE webhook_delivery d
+       SET locked_until = now() + make_interval(secs => :lease_s), lease_token = :token
+      FROM due, webhook_subscription s, outbox_event e
+     WHERE d.id = due.id AND s.id = d.subscription_id AND e.id = d.event_id
+ RETURNING d.id, d.org_id, d.subscription_id, d.event_id, d.attempts, d.give_up_at, d.next_attempt_at,
            s.url, s.secret, s.previous_secret, s.previous_secret_expires_at > now() AS previous_signs,
-           s.include, d.event_type, e.resource, e.resource_id, e.record, e.changed, e.created_at
-      FROM webhook_delivery d
-      JOIN webhook_subscription s ON s.id = d.subscription_id AND s.org_id = d.org_id
-      JOIN outbox_event e ON e.id = d.event_id
-     WHERE d.status = 'pending'
-       AND d.next_attempt_at <= now()
-       AND s.status = 'active' AND s.deleted_at IS NULL
-       AND NOT EXISTS (SELECT 1 FROM webhook_delivery earlier
-                        WHERE earlier.subscription_id = d.subscription_id
-                          AND earlier.resource_id = d.resource_id
-                          AND earlier.status = 'pending'
-                          AND earlier.event_id < d.event_id)
-     ORDER BY d.next_attempt_at, d.event_id
-     LIMIT 1
-       FOR UPDATE OF d SKIP LOCKED
+           s.include, d.event_type, e.resource, e.resource_id, e.record, e.changed, e.created_at,
+           set_config('synchronous_commit', 'off', true) AS commit_unflushed
 """)
 
 
-def claim(conn) -> Claim | None:
-    """Lock the next delivery due, or None; the lock lasts until ``conn``'s transaction ends, so a
-    worker that dies mid-delivery leaves it pending for another (same webhook-id)."""
-    row = conn.execute(_CLAIM).mappings().first()
-    if row is None:
-        return None
-    keys = (row["secret"],) + ((row["previous_secret"],) if row["previous_signs"] and row["previous_secret"] else ())
-    return Claim(delivery_id=row["id"], org_id=row["org_id"], subscription_id=row["subscription_id"],
-                 attempts=row["attempts"], give_up_at=row["give_up_at"], url=row["url"], secrets=keys,
-                 include=row["include"], event_type=row["event_type"], resource=row["resource"],
-                 resource_id=row["resource_id"], record=row["record"], changed=tuple(row["changed"]),
-                 occurred_at=row["created_at"])
+def claim(conn, *, limit: int, lease_s: float) -> tuple[str, list[Claim]]:
+    """Lease up to ``limit`` due deliveries for ``lease_s`` seconds, oldest due first: (the
+    lease's token, the claims). Commit at once: the lease, not a transaction, keeps them while
+    they are sent, and a worker that dies leaves them to be claimed again, with the same
+    webhook-id and no attempt counted, when the lease runs out."""
+    token = str(uuid.uuid4())
+    rows = conn.execute(_CLAIM, {"limit": limit, "lease_s": lease_s, "token": token}).mappings().all()
+    claims = []
+    for row in sorted(rows, key=lambda r: (r["next_attempt_at"], r["event_id"])):  # RETURNING has no order
+        keys = (row["secret"],) + ((row["previous_secret"],)
+                                   if row["previous_signs"] and row["previous_secret"] else ())
+        claims.append(Claim(
+            delivery_id=row["id"], org_id=row["org_id"], subscription_id=row["subscription_id"],
+            event_id=row["event_id"], attempts=row["attempts"], give_up_at=row["give_up_at"], url=row["url"],
+            secrets=keys, include=row["include"], event_type=row["event_type"], resource=row["resource"],
+            resource_id=row["resource_id"], record=row["record"], changed=tuple(row["changed"]),
+            occurred_at=row["created_at"]))
+    return token, claims
 
 
-_SUCCEEDED = sa.text("""
-    WITH delivered AS (
-      UPDATE webhook_delivery
-         SET status = 'succeeded', attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, now()),
-             last_attempt_at = now(), delivered_at = now(),
-             last_status_code = :status_code, last_error = NULL, updated_at = now()
-       WHERE id = :delivery_id)
-    UPDATE webhook_subscription SET failing_since = NULL
-     WHERE id = :subscription_id AND failing_since IS NOT NULL
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed delivery: ``sent`` is False for one handed back unsent (the
+    worker is stopping, or its batch ran out of time); otherwise it succeeded (a 2xx
+    ``status_code``) or failed (another status, or an ``error``) and, unless it was the last
+    attempt, is tried again ``delay_s`` from now."""
+
+    claim: Claim
+    sent: bool = True
+    succeeded: bool = False
+    status_code: int | None = None
+    error: str | None = None
+    delay_s: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        return "released" if not self.sent else "succeeded" if self.succeeded else "failed"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What ``record`` wrote: each recorded delivery's status now (a delivery missing here was
+    claimed again by another worker after this one's lease ran out: its outcome was dropped),
+    and whether the subscription was disabled by it."""
+
+    statuses: Mapping[str, str]
+    disabled: bool
+
+
+# The outcomes of one subscription's deliveries of one lease, in one statement: each delivery's
+# attempt (a success, a retry later or, at give_up_at, its failure), or its release unsent, and
+# the lease ended; then the subscription's failing time. A success anywhere in the batch means
+# the receiver answers: the subscription is not failing. Otherwise its run of failures starts
+# (or goes on) now, and it is disabled when that run has lasted the whole window, or when a
+# delivery that failed for good saw no success since its first attempt (the subscription has
+# failed for its whole window too). The two subscription updates exclude each other, so the row
+# is changed once at most. Only rows still under this worker's lease are written: a worker whose
+# lease ran out while it sent records nothing over the worker that claimed them after it. As for
+# the claim, the commit does not wait for the WAL flush: an outcome lost in a crash of the server
+# only means the delivery is sent again, with the same webhook-id (the WAL is lost from its end,
+# so a record's later outcome is never kept without its earlier one).
+_RECORD = sa.text("""
+    WITH outcome AS (
+      SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:kinds AS text[]), CAST(:status_codes AS int[]),
+                           CAST(:errors AS text[]), CAST(:delays_s AS float8[]))
+                 AS o (id, kind, status_code, error, delay_s)
+    ), recorded AS (
+      UPDATE webhook_delivery d
+         SET status = CASE o.kind WHEN 'succeeded' THEN 'succeeded'
+                                  WHEN 'failed' THEN CASE WHEN now() >= d.give_up_at THEN 'failed' ELSE 'pending' END
+                                  ELSE d.status END,
+             attempts = d.attempts + CASE WHEN o.kind = 'released' THEN 0 ELSE 1 END,
+             first_attempt_at = CASE WHEN o.kind = 'released' THEN d.first_attempt_at
+                                     ELSE coalesce(d.first_attempt_at, now()) END,
+             last_attempt_at = CASE WHEN o.kind = 'released' THEN d.last_attempt_at ELSE now() END,
+             delivered_at = CASE WHEN o.kind = 'succeeded' THEN now() ELSE d.delivered_at END,
+             last_status_code = CASE WHEN o.kind = 'released' THEN d.last_status_code ELSE o.status_code END,
+             last_error = CASE WHEN o.kind = 'released' THEN d.last_error ELSE o.error END,
+             -- The last attempt is made at give_up_at itself: a delivery is retried its whole window.
+             next_attempt_at = CASE WHEN o.kind = 'failed'
+                                    THEN least(now() + make_interval(secs => o.delay_s), d.give_up_at)
+                                    ELSE d.next_attempt_at END,
+             updated_at = CASE WHEN o.kind = 'released' THEN d.updated_at ELSE now() END,
+             locked_until = NULL, lease_token = NULL
+        FROM outcome o
+       WHERE d.id = o.id AND d.lease_token = :token
+   RETURNING d.id, d.status, d.first_attempt_at, o.kind
+    ), answered AS (
+      UPDATE webhook_subscription SET failing_since = NULL
+       WHERE id = :subscription_id AND failing_since IS NOT NULL
+         AND EXISTS (SELECT 1 FROM recorded WHERE kind = 'succeeded')
+    ), failing AS (
+      UPDATE webhook_subscription
+         SET failing_since = coalesce(failing_since, now()),
+             status = CASE WHEN coalesce(failing_since, now()) <= now() - make_interval(secs => :window_s)
+                             OR coalesce(failing_since, now())
+                                <= (SELECT max(first_attempt_at) FROM recorded WHERE status = 'failed')
+                           THEN 'disabled' ELSE status END,
+             updated_at = now()
+       WHERE id = :subscription_id AND status = 'active'
+         AND EXISTS (SELECT 1 FROM recorded WHERE kind = 'failed')
+         AND NOT EXISTS (SELECT 1 FROM recorded WHERE kind = 'succeeded')
+   RETURNING status = 'disabled' AS disabled_now, failing_since
+    )
+    SELECT r.id, r.status, f.disabled_now, f.failing_since,
+           set_config('synchronous_commit', 'off', true) AS commit_unflushed
+      FROM recorded r LEFT JOIN failing f ON true
 """)
 
 
-def record_success(conn, claim: Claim, status_code: int) -> None:
-    conn.execute(_SUCCEEDED, {"delivery_id": claim.delivery_id, "subscription_id": claim.subscription_id,
-                              "status_code": status_code})
-
-
-# The last attempt is made at give_up_at itself, so that a delivery is retried for its whole window.
-_FAILED = sa.text("""
-    UPDATE webhook_delivery
-       SET attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, now()), last_attempt_at = now(),
-           last_status_code = :status_code, last_error = :error, updated_at = now(),
-           status = CASE WHEN now() >= give_up_at THEN 'failed' ELSE 'pending' END,
-           next_attempt_at = least(now() + make_interval(secs => :delay_s), give_up_at)
-     WHERE id = :delivery_id
- RETURNING status, first_attempt_at
-""")
-_FAILING = sa.text("""
-    UPDATE webhook_subscription
-       SET failing_since = coalesce(failing_since, now()),
-           status = CASE WHEN coalesce(failing_since, now()) <= now() - make_interval(secs => :window_s)
-                           OR (:gave_up AND coalesce(failing_since, now()) <= :first_attempt_at)
-                         THEN 'disabled' ELSE status END,
-           updated_at = now()
-     WHERE id = :subscription_id AND status = 'active'
- RETURNING status = 'disabled' AS disabled_now, failing_since
-""")
-
-
-def record_failure(conn, claim: Claim, *, status_code: int | None, error: str | None, delay_s: float,
-                   window_s: int) -> tuple[str, bool]:
-    """Schedule the next attempt (or mark the delivery failed at its give-up time) and count the
-    subscription's failing time: failing for ``window_s`` disables it, with an audit row.
-    Returns (the delivery's status, whether the subscription was disabled now)."""
-    delivery = conn.execute(_FAILED, {"delivery_id": claim.delivery_id, "status_code": status_code,
-                                      "error": error, "delay_s": delay_s}).one()
-    # A delivery that failed for good, with no success anywhere since its first attempt: the
-    # subscription has failed for a whole window too.
-    subscription = conn.execute(_FAILING, {"subscription_id": claim.subscription_id, "window_s": window_s,
-                                           "gave_up": delivery.status == "failed",
-                                           "first_attempt_at": delivery.first_attempt_at}).mappings().first()
-    # None: paused or disabled meanwhile by someone else, who wrote the audit row if any.
-    disabled = subscription is not None and subscription["disabled_now"]
+def record(conn, token: str, outcomes: list[Outcome], *, window_s: int) -> Recorded:
+    """Record the outcomes of one subscription's claimed deliveries and end their lease; a
+    subscription disabled by them gets an audit row (no user) in the same transaction."""
+    [subscription_id] = {o.claim.subscription_id for o in outcomes}
+    rows = conn.execute(_RECORD, {
+        "token": token, "subscription_id": subscription_id, "window_s": window_s,
+        "ids": [o.claim.delivery_id for o in outcomes], "kinds": [o.kind for o in outcomes],
+        "status_codes": [o.status_code for o in outcomes], "errors": [o.error for o in outcomes],
+        "delays_s": [o.delay_s for o in outcomes],
+    }).mappings().all()
+    # No failing row: paused or disabled meanwhile by someone else, who wrote the audit row if any.
+    disabled = bool(rows) and bool(rows[0]["disabled_now"])
     if disabled:
-        audit.record(conn, org_id=claim.org_id, user_id=None, action="disable", resource="webhook",
-                     resource_id=claim.subscription_id,
-                     after={"status": "disabled", "failing_since": subscription["failing_since"],
+        audit.record(conn, org_id=outcomes[0].claim.org_id, user_id=None, action="disable", resource="webhook",
+                     resource_id=subscription_id,
+                     after={"status": "disabled", "failing_since": rows[0]["failing_since"],
                             "reason": "deliveries failed for the whole retry window"})
-    return delivery.status, disabled
+    return Recorded(statuses={row["id"]: row["status"] for row in rows}, disabled=disabled)
 
 
 _BACKLOG = sa.text("""

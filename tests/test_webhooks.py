@@ -460,3 +460,71 @@ def test_a_slow_receiver_times_out_and_a_large_answer_is_cut(client, org_a, rece
         time.sleep(0.05)
     assert delivery["status"] == "succeeded" and delivery["attempts"] == 2 and delivery["last_status_code"] == 200
     assert receiver.cut_off
+
+
+def test_a_slow_receiver_holds_back_only_its_own_deliveries(client, org_a, receiver, delivery_worker):
+    quick = Receiver()
+    try:
+        held = receiver.hold = threading.Event()
+        subscribe(client, org_a, receiver.url)
+        subscribe(client, org_a, quick.url)
+        create_patient(client, org_a)  # one statement: both deliveries due at once, likely one batch
+        receiver.wait_for(1)
+        assert len(quick.wait_for(1, timeout=2.0)) == 1  # while the slow one still holds its POST
+        held.set()
+    finally:
+        quick.close()
+
+
+def _claim(engine, lease_s=30.0):
+    from models import webhooks
+
+    with engine.begin() as conn:
+        return webhooks.claim(conn, limit=50, lease_s=lease_s)
+
+
+def _record(engine, token, *outcomes):
+    from models import webhooks
+
+    with engine.begin() as conn:
+        return webhooks.record(conn, token, list(outcomes), window_s=60)
+
+
+def test_a_batch_holds_the_first_pending_event_of_each_record_only(client, org_a, receiver, engine):
+    from models import webhooks
+
+    subscribe(client, org_a, receiver.url, events=["patient.created", "patient.updated"])
+    first = create_patient(client, org_a, "v0")
+    for n in (1, 2):
+        client.patch(f"/patients/{first['id']}", json={"name": f"v{n}"}, headers=org_a.headers)
+    second = create_patient(client, org_a, "w0")
+    token, claims = _claim(engine)  # no worker runs: everything is due
+    assert sorted((c.resource_id, c.event_type) for c in claims) == sorted(
+        [(first["id"], "patient.created"), (second["id"], "patient.created")])
+    assert _claim(engine)[1] == []  # leased, and the updates wait for the create
+    recorded = _record(engine, token, *(webhooks.Outcome(c, succeeded=True, status_code=200) for c in claims))
+    assert set(recorded.statuses.values()) == {"succeeded"} and not recorded.disabled
+    _, claims = _claim(engine)
+    assert [(c.resource_id, c.event_type) for c in claims] == [(first["id"], "patient.updated")]
+    assert claims[0].record["name"] == "v1"
+
+
+def test_a_lease_that_ran_out_passes_the_delivery_on_and_its_late_outcome_is_dropped(
+        client, org_a, receiver, engine):
+    from models import webhooks
+
+    hook = subscribe(client, org_a, receiver.url)
+    create_patient(client, org_a)
+    stale_token, [stale] = _claim(engine, lease_s=0.5)
+    time.sleep(0.7)
+    token, [claim] = _claim(engine)  # the first worker went quiet: another claims the same delivery
+    assert claim.delivery_id == stale.delivery_id and claim.attempts == 0
+    late = _record(engine, stale_token, webhooks.Outcome(stale, succeeded=True, status_code=200))
+    assert late.statuses == {}  # nothing written over the lease that holds it now
+    released = _record(engine, token, webhooks.Outcome(claim, sent=False))  # handed back unsent
+    assert released.statuses == {claim.delivery_id: "pending"}
+    [delivery] = deliveries(client, org_a, hook["id"])
+    assert delivery["status"] == "pending" and delivery["attempts"] == 0 and delivery["last_attempt_at"] is None
+    assert "locked_until" not in delivery and "lease_token" not in delivery
+    _, [again] = _claim(engine)  # a released delivery is due at once
+    assert again.delivery_id == claim.delivery_id
