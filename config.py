@@ -153,6 +153,8 @@ class Settings:
     webhook_poll_interval_ms: int = 1_000
     webhook_worker_threads: int = 4
     webhook_worker: bool = True
+    # Succeeded and failed deliveries older than this are deleted by the worker (0: kept for ever).
+    webhook_delivery_retention_days: int = 30
 
     @property
     def is_development(self) -> bool:
@@ -244,6 +246,8 @@ def load(env=None, *, serving: bool = True) -> Settings:
         webhook_poll_interval_ms=_int("WEBHOOK_POLL_INTERVAL_MS", defaults.webhook_poll_interval_ms, env),
         webhook_worker_threads=_int("WEBHOOK_WORKER_THREADS", defaults.webhook_worker_threads, env),
         webhook_worker=_bool("WEBHOOK_WORKER", defaults.webhook_worker, env),
+        webhook_delivery_retention_days=_int("WEBHOOK_DELIVERY_RETENTION_DAYS",
+                                             defaults.webhook_delivery_retention_days, env),
     )
     if settings.is_development and settings.jwt_signing_key_file is None:
         # Generated there on first use (models/signing.py), so tokens survive restarts and every
@@ -310,6 +314,8 @@ def _check_webhooks(settings: Settings) -> None:
         raise ConfigError("WEBHOOK_POLL_INTERVAL_MS must be between 10 and 60000")
     if not 1 <= settings.webhook_worker_threads <= 64:
         raise ConfigError("WEBHOOK_WORKER_THREADS must be between 1 and 64")
+    if settings.webhook_delivery_retention_days < 0:
+        raise ConfigError("WEBHOOK_DELIVERY_RETENTION_DAYS must be 0 (keep every delivery) or more")
 
 
 def test_database_url(env=None) -> str | None:

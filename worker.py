@@ -10,7 +10,8 @@ workers (threads or processes, on any number of hosts) share the queue without c
 
 Threads wake on ``LISTEN webhook_delivery`` (a trigger notifies at commit) and poll every
 WEBHOOK_POLL_INTERVAL_MS as well, so deliveries keep flowing when the listening connection is
-lost or cannot work (PgBouncer in transaction mode forwards no notifications).
+lost or cannot work (PgBouncer in transaction mode forwards no notifications). One more thread
+deletes deliveries older than WEBHOOK_DELIVERY_RETENTION_DAYS, in small batches.
 """
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ GATHER_S = 0.05
 # How late a thread may claim again before the others stop counting on it (it is stuck sending to a
 # slow receiver, say) and a ring wakes another.
 PROMISE_SLACK_S = 0.5
+# The prune runs at start and then this often; each batch is a short transaction of its own, with
+# a pause between batches so that deleting a large backlog never crowds out the deliveries.
+PRUNE_INTERVAL_S = 3600.0
+PRUNE_BATCH = 500
+PRUNE_PAUSE_S = 0.1
 
 
 class Wakeup:
@@ -183,7 +189,7 @@ def lease_s() -> float:
 
 
 class DeliveryWorker:
-    """Delivery threads over one engine, woken by a listener thread."""
+    """Delivery threads over one engine, woken by a listener thread, and a pruning thread."""
 
     def __init__(self, engine: sa.Engine, settings: config.Settings, *, listen_url: str | None = None):
         self.engine = engine
@@ -201,6 +207,8 @@ class DeliveryWorker:
             self._threads.append(threading.Thread(target=self._deliver_forever, name=f"webhook-{number}", daemon=True))
         if self.listen_url:
             self._threads.append(threading.Thread(target=self._listen_forever, name="webhook-listen", daemon=True))
+        if self.settings.webhook_delivery_retention_days:
+            self._threads.append(threading.Thread(target=self._prune_forever, name="webhook-prune", daemon=True))
         for thread in self._threads:
             thread.start()
         return self
@@ -301,6 +309,34 @@ class DeliveryWorker:
                          subscription_disabled=recorded.disabled)
         observability.WEBHOOK_DELIVERIES.labels(result).inc()
         log.info("webhook delivery %s", result, extra={"access": {**entry, "outcome": result}})
+
+    def _prune_forever(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.prune()
+            except sa.exc.SQLAlchemyError:
+                log.exception("webhook delivery prune: database error")
+            self.stop.wait(PRUNE_INTERVAL_S)
+
+    def prune(self) -> tuple[int, int]:
+        """Delete deliveries older than the retention, and the events they leave, batch by batch:
+        (deliveries, events) deleted."""
+        deliveries = events = 0
+        while not self.stop.is_set():
+            with self.engine.begin() as conn:
+                done = webhooks.prune(conn, retention_days=self.settings.webhook_delivery_retention_days,
+                                      limit=PRUNE_BATCH)
+            if done is None:  # another worker prunes now
+                break
+            deliveries, events = deliveries + done[0], events + done[1]
+            if done[0] < PRUNE_BATCH:
+                break
+            self.stop.wait(PRUNE_PAUSE_S)
+        if deliveries:
+            log.info("webhook deliveries pruned", extra={"access": {
+                "deliveries": deliveries, "events": events,
+                "retention_days": self.settings.webhook_delivery_retention_days}})
+        return deliveries, events
 
     def _listen_forever(self) -> None:
         while not self.stop.is_set():

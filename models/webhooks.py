@@ -368,6 +368,58 @@ def record(conn, token: str, outcomes: list[Outcome], *, window_s: int) -> Recor
     return Recorded(statuses={row["id"]: row["status"] for row in rows}, disabled=disabled)
 
 
+# Any value: it names the prune among the advisory locks of this database.
+_PRUNE_LOCK = 0x7765_6268_6F6F_6B73
+
+# Up to :limit deliveries finished (succeeded or failed) before the cutoff, or of a deleted
+# subscription (which no worker will send again), then the events no remaining delivery refers
+# to. Found per subscription through webhook_delivery_list_idx: a row's created_at is never later
+# than its updated_at, so the range created_at < cutoff holds every candidate and the scan reads
+# only old rows. The DELETE repeats the conditions: a delivery retried since it was picked is
+# pending again, and recent, and stays.
+_PRUNE = sa.text("""
+    WITH cutoff AS (SELECT now() - make_interval(days => :retention_days) AS at),
+    picked AS (
+      SELECT old.id
+        FROM webhook_subscription s
+       CROSS JOIN LATERAL (
+             SELECT d.id FROM webhook_delivery d, cutoff
+              WHERE d.subscription_id = s.id AND d.created_at < cutoff.at AND d.updated_at < cutoff.at
+                AND (d.status <> 'pending' OR s.deleted_at IS NOT NULL)
+              LIMIT :limit) old
+       LIMIT :limit
+    ), gone AS (
+      DELETE FROM webhook_delivery d
+       USING picked, cutoff
+       WHERE d.id = picked.id AND d.updated_at < cutoff.at
+         AND (d.status <> 'pending'
+              OR EXISTS (SELECT 1 FROM webhook_subscription s
+                          WHERE s.id = d.subscription_id AND s.deleted_at IS NOT NULL))
+   RETURNING d.id, d.event_id
+    ), events_gone AS (
+      DELETE FROM outbox_event e
+       WHERE e.id IN (SELECT event_id FROM gone)
+         AND NOT EXISTS (SELECT 1 FROM webhook_delivery d
+                          WHERE d.event_id = e.id AND d.id NOT IN (SELECT id FROM gone))
+   RETURNING e.id
+    )
+    SELECT (SELECT count(*) FROM gone) AS deliveries, (SELECT count(*) FROM events_gone) AS events
+""")
+
+
+def prune(conn, *, retention_days: int, limit: int) -> tuple[int, int] | None:
+    """Delete one batch of deliveries older than the retention and the events they leave
+    unreferenced: (deliveries, events) deleted, or None while another worker prunes.
+
+    One pruner at a time (an advisory lock held to the end of ``conn``'s transaction): two
+    deleting the last deliveries of one event at once would each see the other's and keep the
+    event for ever."""
+    if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _PRUNE_LOCK}).scalar_one():
+        return None
+    row = conn.execute(_PRUNE, {"retention_days": retention_days, "limit": limit}).one()
+    return int(row.deliveries), int(row.events)
+
+
 _BACKLOG = sa.text("""
     SELECT count(*) AS depth, coalesce(extract(epoch FROM now() - min(d.created_at)), 0) AS oldest_age_s
       FROM webhook_delivery d

@@ -10,13 +10,14 @@ def test_defaults_hold_without_any_variable_but_the_signing_key():
     settings = config.load(PRODUCTION)
     assert (settings.rate_limit_default, settings.access_token_ttl_s, settings.bcrypt_rounds) == ("100/minute", 900, 12)
     assert settings.trusted_proxies == () and settings.database_url is None
+    assert settings.webhook_delivery_retention_days == 30
 
 
 @pytest.mark.parametrize("name, value", [("DB_POOL_SIZE", "ten"), ("RATE_LIMIT_ENABLED", "maybe"),
                                          ("BCRYPT_ROUNDS", "3"), ("REQUEST_THREADS", "99"),
                                          ("MAX_HEADER_BYTES", "100"), ("MAX_HEADER_COUNT", "2"),
                                          ("HEADER_TIMEOUT_S", "0"), ("METRICS_TOKEN", "short"),
-                                         ("SERVE_DOCS", "perhaps")])
+                                         ("SERVE_DOCS", "perhaps"), ("WEBHOOK_DELIVERY_RETENTION_DAYS", "-1")])
 def test_a_malformed_setting_refuses_to_start_naming_it(name, value):
     with pytest.raises(config.ConfigError, match=name):
         config.load({**PRODUCTION, name: value})

@@ -528,3 +528,55 @@ def test_a_lease_that_ran_out_passes_the_delivery_on_and_its_late_outcome_is_dro
     assert "locked_until" not in delivery and "lease_token" not in delivery
     _, [again] = _claim(engine)  # a released delivery is due at once
     assert again.delivery_id == claim.delivery_id
+
+
+def test_old_deliveries_and_the_events_they_leave_are_pruned_in_batches(
+        client, org_a, receiver, engine, database_url, settings, monkeypatch):
+    import worker
+
+    monkeypatch.setattr(worker, "PRUNE_BATCH", 2)  # several batches for a handful of rows
+    hook = subscribe(client, org_a, receiver.url)
+    other = subscribe(client, org_a, receiver.url)  # each event has a delivery to both
+    gone = subscribe(client, org_a, receiver.url)
+    patients = [create_patient(client, org_a, f"P{n}")["id"] for n in range(5)]
+    assert client.delete(f"/webhooks/{gone['id']}", headers=org_a.headers).status_code == 204
+
+    def age(subscription, patient, status, days, retried_days=None):
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "UPDATE webhook_delivery SET status = :status, created_at = now() - make_interval(days => :days),"
+                " updated_at = now() - make_interval(days => :updated) WHERE subscription_id = :s AND resource_id = :p"),
+                {"status": status, "days": days, "updated": days if retried_days is None else retried_days,
+                 "s": subscription["id"], "p": patients[patient]})
+
+    for n in range(3):
+        age(hook, n, "succeeded", 40)
+    age(hook, 3, "failed", 40)
+    age(hook, 4, "pending", 40)  # still waiting (a paused receiver, say): kept however old
+    age(other, 0, "succeeded", 40)
+    age(other, 1, "succeeded", 40, retried_days=1)  # replayed yesterday: as young as its last attempt
+    age(other, 2, "succeeded", 1)
+    for n in range(5):
+        age(gone, n, "pending", 40)  # of a deleted subscription: nothing will send them
+    running = _worker(database_url, settings, webhook_delivery_retention_days=30)  # prunes as it starts
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                left = conn.execute(sa.text(
+                    "SELECT subscription_id, resource_id FROM webhook_delivery WHERE subscription_id IN (:a, :b, :c)"),
+                    {"a": hook["id"], "b": other["id"], "c": gone["id"]}).all()
+            if len(left) <= 5:
+                break
+            time.sleep(0.1)
+    finally:
+        running.close()
+        running.engine.dispose()
+    kept = {(s, patients.index(p)) for s, p in left}
+    assert kept == {(hook["id"], 4), (other["id"], 1), (other["id"], 2), (other["id"], 3), (other["id"], 4)}
+    with engine.connect() as conn:
+        events = dict(conn.execute(sa.text("SELECT resource_id, count(*) FROM outbox_event WHERE resource_id IN :ids"
+                                           " GROUP BY resource_id").bindparams(sa.bindparam("ids", expanding=True)),
+                                   {"ids": patients}).all())
+    # P0's event lost its last delivery and went with it; every other event is still referred to.
+    assert set(events) == set(patients[1:])
