@@ -26,8 +26,8 @@ def throttled(email: str | None, attempt, failure_code: str) -> dict:
     refused beforehand when its failures are used up, counted when it fails with ``failure_code``."""
     origin = request_origin()
     ip = origin["ip_address"]
-    if email is not None:
-        ratelimit.check_login_account(email, ip, known_origin=lambda: accounts.logged_in_from(email, ip))
+    stranger = email is not None and ratelimit.check_login_account(
+        email, ip, known_origin=lambda: accounts.logged_in_from(email, ip))
     try:
         result = attempt(origin)
     except ApiError as exc:
@@ -36,6 +36,9 @@ def throttled(email: str | None, attempt, failure_code: str) -> dict:
                 ratelimit.record_failed_login(email, ip)
             LOGIN_FAILURES.inc()
         raise
+    finally:
+        if stranger:  # after its failure was counted, so that no moment counts it nowhere
+            ratelimit.release_stranger(email)
     if email is not None:
         ratelimit.record_login(email, ip)
     return result

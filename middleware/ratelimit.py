@@ -97,34 +97,62 @@ def _reserve(ceiling) -> int:
     return max(1, ceiling.amount // 10)
 
 
-def check_login_account(email: str, ip: str | None, known_origin: Callable[[], bool]) -> None:
-    """Refuse a login attempt for an account whose failures are used up, before the password is checked.
+def check_login_account(email: str, ip: str | None, known_origin: Callable[[], bool]) -> bool:
+    """Refuse a login attempt for an account whose budget is used up, before the password is
+    checked; True when the attempt holds a stranger's slot, which ``release_stranger`` gives back.
 
     Two budgets of failures, so that guessing stays bounded without a lockout anyone can cause:
     per account and address (``RATE_LIMIT_LOGIN_ACCOUNT``), which stops each guessing address
     and no one else; and per account over all addresses (``RATE_LIMIT_LOGIN_ACCOUNT_CEILING``,
-    NIST SP 800-63B's 100 an hour), whose last tenth only addresses the member logged in from
-    (``known_origin()``, asked only then) may use. A stranger with many addresses stops at nine
-    tenths; the owner, at home, still gets in.
+    NIST SP 800-63B's 100 an hour), whose last tenth only the addresses the member logged in from
+    (``known_origin()``) may use. Strangers stop at nine tenths counting their attempts still in
+    flight: each takes a slot in an atomic counter of the shared storage before it reads the
+    account's failures, and gives it back only after its own failure is counted. However many try
+    at once, on however many workers and instances, their failures cannot pass nine tenths.
     """
     limits = state.current().limits
     if limits is None or not limits.enabled:
-        return
-    pair = _pair_key(email, ip)
+        return False
+    pair, account = _pair_key(email, ip), _account_key(email)
     try:
         allowed = limits.limiter.test(limits.login_account, "login-account-ip", pair)
         reset, _ = limits.limiter.get_window_stats(limits.login_account, "login-account-ip", pair)
-        ceiling_reset, remaining = limits.limiter.get_window_stats(limits.login_ceiling, "login-account",
-                                                                   _account_key(email))
+        if not allowed:
+            _refuse(reset, "Too many failed logins for this account from this address; retry later")
+        ceiling_reset, remaining = limits.limiter.get_window_stats(limits.login_ceiling, "login-account", account)
+        if remaining <= 0:
+            _refuse(ceiling_reset, "Too many failed logins for this account; retry later")
+        if known_origin():
+            return False
+        in_flight = limits.storage.incr(_stranger_key(account), STRANGER_SLOT_S, 1)
+        _, remaining = limits.limiter.get_window_stats(limits.login_ceiling, "login-account", account)
+    except ApiError:
+        raise
     except Exception:
         log.exception("rate-limit storage unavailable; login not checked")
-        return
-    if not allowed:
-        _refuse(reset, "Too many failed logins for this account from this address; retry later")
+        return False
     failures = limits.login_ceiling.amount - remaining
-    if failures >= limits.login_ceiling.amount or (
-            failures >= limits.login_ceiling.amount - _reserve(limits.login_ceiling) and not known_origin()):
+    if failures + in_flight > limits.login_ceiling.amount - _reserve(limits.login_ceiling):
+        release_stranger(email)
         _refuse(ceiling_reset, "Too many failed logins for this account; retry later")
+    return True
+
+
+# A slot outlives a worker that died holding it by at most this long (the counter's key expires).
+STRANGER_SLOT_S = 60
+
+
+def _stranger_key(account: str) -> str:
+    return f"clinic-login-strangers-in-flight/{account}"
+
+
+def release_stranger(email: str) -> None:
+    """Give back a stranger's slot once the attempt is over (and its failure, if any, counted)."""
+    limits = state.current().limits
+    try:
+        limits.storage.incr(_stranger_key(_account_key(email)), STRANGER_SLOT_S, -1)
+    except Exception:
+        log.exception("rate-limit storage unavailable; a login slot was not given back")
 
 
 def _refuse(reset: float, message: str) -> None:

@@ -454,6 +454,9 @@ class Probe:
             _log_failure(self.pools.failure_logs, self.targets[name], f"probe:{name}",
                          f"no answer to the probe within {self.ANSWER_SECONDS:g} s")
             return None
+        except Exception as exc:  # whatever failed, the server did not answer: it is down, not unknown
+            _log_failure(self.pools.failure_logs, self.targets[name], f"probe:{name}", " ".join(str(exc).split()))
+            return None
 
     def _ask(self, name: str, query: str):
         try:
