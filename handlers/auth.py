@@ -6,7 +6,7 @@ from errors import ApiError
 from handlers import JSONIFIER, no_content, ok
 from middleware import auth, ratelimit
 from middleware.observability import LOGIN_FAILURES
-from middleware.tenancy import current_caller, current_session_id, request_origin
+from middleware.tenancy import current_caller, request_origin
 from models import accounts, sessions
 
 
@@ -78,9 +78,18 @@ def logout(body: dict):
     return no_content()
 
 
+def change_password(body: dict):
+    """The member changes their password; their other sessions end, this one goes on."""
+    caller = current_caller()
+    throttled(accounts.login_email(caller),
+              lambda _origin: accounts.change_password(caller, body["current_password"], body["new_password"]),
+              "BUSINESS_RULE_VIOLATION")
+    return no_content()
+
+
 def list_sessions():
     """The caller's sessions in force, the current one marked."""
-    return ok(sessions.sessions_of(current_caller(), current_session_id()))
+    return ok(sessions.sessions_of(current_caller()))
 
 
 def end_session(id_: str):

@@ -20,13 +20,7 @@ def current_caller() -> Caller:
     if not claims:
         raise ApiError("UNAUTHORIZED")
     return Caller(user_id=claims["sub"], org_id=claims["org_id"], scopes=frozenset(claims["scope"].split()),
-                  origin_of=request_origin)
-
-
-def current_session_id() -> str | None:
-    """The login session the request's access token names (its ``sid``)."""
-    claims = context.get("token_info")
-    return claims.get("sid") if claims else None
+                  origin_of=request_origin, session_id=claims.get("sid"))
 
 
 def request_origin() -> dict:

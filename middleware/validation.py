@@ -110,7 +110,13 @@ def _message(error: ValidationError, field: str | None) -> str:
         return f"{field} is required"
     if error.validator == "additionalProperties" and field:
         return f"{field} is not a known property"
+    if error.schema.get("writeOnly") is True:  # a password: say the rule, never the value
+        return f"{field or 'the value'}: {_SECRET_RULES.get(error.validator, 'is not valid')}".format(error.validator_value)
     return f"{field}: {error.message}" if field else error.message
+
+
+_SECRET_RULES = {"minLength": "must be at least {} characters", "maxLength": "must be at most {} characters",
+                 "type": "must be a {}", "pattern": "does not match its pattern"}
 
 
 def _unstorable(value, path: tuple = ()) -> tuple | None:

@@ -108,7 +108,12 @@ def login(email: str, password: str, origin: dict, org_id: str | None = None) ->
     opened = [m for m in members if credentials.check_password(password, m["password_hash"])]
     member = opened[0] if len(opened) == 1 else None
     accepted = bool(opened)
+    rehashed = _rehashed(member, password)
     with engine.begin() as conn:
+        if rehashed is not None:
+            conn.execute(staff.update().where(staff.c.id == member["id"], *scoped(staff, member["org_id"]),
+                                              staff.c.password_hash == member["password_hash"])
+                         .values(password_hash=rehashed))
         if not accepted:
             if not members:
                 log.info("login failed for an unknown email", extra={"event": "login_failed"})
@@ -126,6 +131,54 @@ def login(email: str, password: str, origin: dict, org_id: str | None = None) ->
     if not accepted:
         raise ApiError("INVALID_CREDENTIALS")
     return result
+
+
+def _rehashed(member, password: str) -> str | None:
+    """A new hash of the password a member just proved, when theirs was made at another
+    BCRYPT_ROUNDS: raising the cost reaches every member at their next login. Outside any
+    transaction, as bcrypt is slow."""
+    if member is None or not credentials.needs_rehash(member["password_hash"]):
+        return None
+    return credentials.hash_password(password)
+
+
+def change_password(caller, current_password: str, new_password: str) -> None:
+    """The member changes their own password: every other session of theirs ends, theirs goes on.
+    A wrong current password is 422 on ``current_password`` (counted by the login throttles)."""
+    with current_engine().connect() as conn:
+        member = conn.execute(select(staff.c.id, staff.c.password_hash).where(
+            staff.c.id == caller.user_id, *scoped(staff, caller.org_id))).mappings().first()
+    if member is None:
+        raise ApiError("UNAUTHORIZED", "The account no longer exists")
+    if not credentials.password_fits(current_password) or \
+            not credentials.check_password(current_password, member["password_hash"]):
+        raise ApiError("BUSINESS_RULE_VIOLATION", "current_password is not the member's password",
+                       field="current_password")
+    credentials.check_new_password(new_password, "new_password")
+    new_hash = credentials.hash_password(new_password)
+    with current_engine().begin() as conn:
+        changed = conn.execute(staff.update().where(
+            staff.c.id == caller.user_id, *scoped(staff, caller.org_id),
+            staff.c.password_hash == member["password_hash"]).values(password_hash=new_hash, updated_at=func.now()))
+        if changed.rowcount != 1:  # changed meanwhile by someone else (an admin's reset)
+            raise ApiError("CONFLICT", "The password was changed meanwhile", field="current_password")
+        password_changed(conn, caller, caller.user_id)
+
+
+def password_changed(conn, caller, staff_id: str) -> None:
+    """A member's password changed (by themselves or an admin): their sessions end but the
+    caller's own, and the audit says so (never the value)."""
+    keep = caller.session_id if staff_id == caller.user_id else None
+    ended = sessions.end_all_of(conn, caller.org_id, staff_id, reason="password_changed", keep=keep)
+    audit.record(conn, org_id=caller.org_id, user_id=caller.user_id, action="password_change", resource="staff",
+                 resource_id=staff_id, after={"sessions_ended": len(ended)}, origin=caller.origin)
+
+
+def login_email(caller) -> str | None:
+    """The caller's login name (for the login throttles of a password check)."""
+    with current_engine().connect() as conn:
+        return conn.execute(select(staff.c.email).where(staff.c.id == caller.user_id,
+                                                        *scoped(staff, caller.org_id))).scalar_one_or_none()
 
 
 def _organizations(conn, members) -> list[dict]:
@@ -402,8 +455,7 @@ def revoke(caller, staff_id: str, role_name: str) -> None:
 def create_organization(*, name: str, branch_name: str, admin_email: str, admin_password: str,
                         admin_name: str = "Administrator") -> dict:
     """A new tenant with its first branch and an admin who can log in."""
-    if not credentials.password_fits(admin_password) or len(admin_password) < 8:
-        raise ApiError("VALIDATION_ERROR", "the admin password must be 8 to 72 bytes", field="password")
+    credentials.check_new_password(admin_password)
     with current_engine().begin() as conn:
         org_id = conn.execute(organization.insert().values(name=name).returning(organization.c.id)).scalar_one()
         branch_id = conn.execute(

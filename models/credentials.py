@@ -113,6 +113,23 @@ def password_fits(password: str) -> bool:
     return 0 < len(password.encode()) <= MAX_PASSWORD_BYTES
 
 
+def check_new_password(password: str, field: str = "password") -> None:
+    """400 unless ``password`` may become one: PASSWORD_MIN_LENGTH characters at least, 72 bytes
+    at most. The message states the rule, never the value."""
+    shortest = config.current().password_min_length
+    if len(password) < shortest or not password_fits(password):
+        raise ApiError("VALIDATION_ERROR", f"{field} must be at least {shortest} characters and at most "
+                       f"{MAX_PASSWORD_BYTES} bytes in UTF-8", field=field)
+
+
+def needs_rehash(password_hash: str) -> bool:
+    """Whether a bcrypt hash was made at another cost than BCRYPT_ROUNDS ($2b$<cost>$...)."""
+    try:
+        return int(password_hash.split("$")[2]) != config.current().bcrypt_rounds
+    except (IndexError, ValueError):
+        return False
+
+
 def check_password(password: str, password_hash: str | None) -> bool:
     """bcrypt check; with no hash (unknown account) it still spends the same time and fails."""
     candidate = password.encode()[:MAX_PASSWORD_BYTES]

@@ -55,8 +55,7 @@ def holding(scope: str) -> Reference:
 def _hash_password(values: dict) -> dict:
     if "password" in values:
         password = values.pop("password")
-        if not credentials.password_fits(password):
-            raise ApiError("VALIDATION_ERROR", "password must be 8 to 72 bytes", field="password")
+        credentials.check_new_password(password)
         values["password_hash"] = credentials.hash_password(password)
     return values
 
@@ -75,6 +74,8 @@ def _staff_before_update(conn, caller, values, before):
     # Before the write, so that the row it returns lists the roles after the change.
     if values.get("role", before["role"]) != before["role"]:
         accounts.replace_primary_role(conn, caller, before["id"], before["role"], values["role"])
+    if "password" in values:  # an admin's reset: whoever held the old password is out
+        accounts.password_changed(conn, caller, before["id"])
     return _hash_password(values)
 
 

@@ -309,7 +309,7 @@ def end_all_of(conn, org_id: str, staff_id: str, *, reason: str, keep: str | Non
     return end(conn, *conditions, reason=reason)
 
 
-def sessions_of(caller, current_sid: str | None) -> dict:
+def sessions_of(caller) -> dict:
     """The caller's sessions in force, newest first, the current one marked."""
     conf = config.current()
     columns = [auth_session.c.id, auth_session.c.created_at, auth_session.c.last_used_at,
@@ -322,7 +322,7 @@ def sessions_of(caller, current_sid: str | None) -> dict:
     for row in rows:
         ends = min(row["created_at"] + dt.timedelta(seconds=conf.session_absolute_lifetime_s),
                    row["last_used_at"] + dt.timedelta(seconds=conf.session_idle_timeout_s))
-        found.append({**row, "expires_at": ends, "current": row["id"] == current_sid})
+        found.append({**row, "expires_at": ends, "current": row["id"] == caller.session_id})
     return {"sessions": found, "total": len(found), "total_estimated": False}
 
 

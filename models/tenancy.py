@@ -31,6 +31,8 @@ class Caller:
     org_id: str
     scopes: frozenset[str]
     origin_of: Callable[[], dict] | None = field(default=None, compare=False, repr=False)
+    # The login session of the request's token (its sid); None outside a request.
+    session_id: str | None = None
 
     @cached_property
     def origin(self) -> dict:

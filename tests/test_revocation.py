@@ -1,6 +1,7 @@
 """Revocation on every worker of every instance: two ``clinic-api serve`` processes with two
 workers each share one database; a session ended on one (logout, an admin's end, the member's
-deletion) is refused on all within a second, as is a scope whose role was taken away. A third
+deletion, a password reset) is refused on all within a second, as is a scope whose role was taken
+away. A third
 instance whose listener cannot connect (DATABASE_LISTEN_URL names a closed port) still refuses
 within a second, by reading sessions again."""
 from __future__ import annotations
@@ -103,6 +104,16 @@ def test_an_admin_ending_a_members_sessions_and_deleting_them_is_refused_everywh
     deleted = _bearer(_login(instances[1], member["email"]))
     _refused_in_time(_answers_after(instances, deleted, lambda: httpx.delete(
         f"{instances[1]}/staff/{member['id']}", headers=admin).raise_for_status(), path="/patients"))
+
+
+def test_a_password_reset_is_refused_everywhere_within_a_second(instances, make_org):
+    org = make_org()
+    admin = _bearer(_login(instances[0], org.admin_email))
+    member = _member(instances[0], admin)
+    tokens = _bearer(_login(instances[1], member["email"]))
+    _refused_in_time(_answers_after(instances, tokens, lambda: httpx.patch(
+        f"{instances[0]}/staff/{member['id']}", json={"password": "a new password for you"},
+        headers=admin).raise_for_status()))
 
 
 def test_a_role_taken_away_is_403_everywhere_within_a_second(instances, make_org):

@@ -157,7 +157,7 @@ def test_overlaps_are_refused_adjacent_slots_are_not(client, world):
     adjacent = post(client, org, "/appointments", booking(world, "2031-03-01T10:00:00Z"))
     assert adjacent["duration_minutes"] == 30  # the configured default
     other = post(client, org, "/staff", {"branch_id": org.branch_id, "name": "Dr Two", "role": "doctor",
-                                          "email": f"two-{uuid.uuid4().hex[:6]}@example.com", "password": "password123"})
+                                          "email": f"two-{uuid.uuid4().hex[:6]}@example.com", "password": "password123456"})
     post(client, org, "/appointments", {**booking(world, "2031-03-01T09:30:00Z"), "staff_id": other["id"]})
 
 
