@@ -227,7 +227,7 @@ def _public_keys() -> dict[str, object]:
 PUBLIC_KEYS = _public_keys()
 _VERIFIED: dict[str, dict] = {}
 _VERIFIED_MAX = 10_000
-_REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
+_REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti", "sid"]
 
 
 def _claims(token: str) -> dict:
@@ -246,7 +246,8 @@ def _claims(token: str) -> dict:
         raise ApiError("UNAUTHORIZED", "The access token has expired") from exc
     except jwt.PyJWTError as exc:
         raise ApiError("UNAUTHORIZED", "The access token is invalid") from exc
-    if not isinstance(claims.get("scope"), str) or not isinstance(claims.get("org_id"), (str, type(None))):
+    if not isinstance(claims.get("scope"), str) or not isinstance(claims.get("org_id"), (str, type(None))) \
+            or not _is_uuid(claims.get("sid")):
         raise ApiError("UNAUTHORIZED", "The access token is invalid")
     if not claims.get("org_id"):
         raise ApiError("ORG_CONTEXT_REQUIRED")
@@ -254,6 +255,32 @@ def _claims(token: str) -> dict:
         _VERIFIED.clear()
     _VERIFIED[token] = claims
     return claims
+
+
+def _is_uuid(value) -> bool:
+    try:
+        return isinstance(value, str) and str(UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+# The API keeps what it read of each session and drops it when PostgreSQL notifies a change
+# (LISTEN auth_change): in a steady state, a dictionary lookup per request. The peer does the
+# same lookup; it reads a session once and keeps it, without listening, since nothing ends a
+# session during a bench.
+_SESSIONS: dict[str, str] = {}
+
+
+async def _in_session(claims: dict, database) -> None:
+    sid = claims["sid"]
+    if _SESSIONS.get(sid) == claims["sub"]:
+        return
+    member = await database.session_member(sid)
+    if member is None or str(member) != claims["sub"]:
+        raise ApiError("UNAUTHORIZED", "The session has ended; log in again")
+    if len(_SESSIONS) >= 50_000:
+        _SESSIONS.clear()
+    _SESSIONS[sid] = claims["sub"]
 
 
 class Caller:
@@ -265,13 +292,14 @@ class Caller:
 
 def require(scope_name: str):
     """The dependency of an operation secured by ``scope_name``: the verified caller."""
-    def caller(request: Request) -> Caller:
+    async def caller(request: Request) -> Caller:
         header = request.headers.get("authorization")
         if not header or header[:7].lower() != "bearer ":
             raise ApiError("UNAUTHORIZED", "No authorization token provided")
         claims = _claims(header[7:].strip())
         if scope_name not in claims["scope"].split():
             raise ApiError("INSUFFICIENT_SCOPE")
+        await _in_session(claims, request.app.state.database)
         request.scope["state"]["claims"] = claims
         client = request.scope.get("client")
         origin = Origin(claims["sub"], client[0] if client else None, request.headers.get("user-agent"),
@@ -406,6 +434,7 @@ def create_app() -> FastAPI:
         await database.close()
 
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.database = database
 
     @app.exception_handler(Refused)
     async def refused(_request, exc: Refused):

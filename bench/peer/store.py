@@ -28,7 +28,7 @@ import asyncpg
 import orjson
 
 # The columns the API never shows (models/tables.py: PATIENT_INTERNAL, STAFF_SECRETS); one that is
-# not there yet (password_changed_at, from the sessions work of issue 17) is simply not found.
+# not there is simply not found.
 HIDDEN = {"patient": {"search_text"}, "staff": {"password_hash", "password_changed_at"}}
 SECRET_FIELDS = {"password", "password_hash", "refresh_token", "refresh_token_hash"}
 SERVER_SET = {"id", "org_id", "created_at", "updated_at"}  # never "changed" by a client
@@ -128,6 +128,13 @@ class Database:
         for row in rows:
             if row["attname"] not in HIDDEN.get(row["relname"], ()):
                 self.columns.setdefault(row["relname"], []).append((row["attname"], row["type"]))
+
+    async def session_member(self, sid: str):
+        """The member of a session in force (not ended, the member not deleted), else None."""
+        async with self.writer.acquire() as conn:
+            return await conn.fetchval(
+                "SELECT s.user_id FROM auth_session AS s JOIN staff AS m ON m.org_id = s.org_id AND m.id = s.user_id"
+                " WHERE s.id = $1 AND s.ended_at IS NULL AND m.deleted_at IS NULL", sid)
 
     async def close(self) -> None:
         await self.recorded.close()
