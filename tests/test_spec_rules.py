@@ -102,6 +102,25 @@ def test_each_stated_rule_is_enforced(client, org_a, case):
 
 
 
+def test_every_picture_a_client_may_render_is_an_image_url():
+    """Each request field holding a picture a client will show takes only https, raster data URIs
+    (and http in development): a `javascript:` or SVG one would run in the clinic's web app."""
+    pictures = {(name, field) for name, schema in SPEC["components"]["schemas"].items()
+                if name.endswith(("Create", "Update"))
+                for field, rule in schema.get("properties", {}).items() if field in ("photo", "avatar", "image")}
+    assert {("StaffCreate", "avatar"), ("StaffUpdate", "avatar"), ("PatientCreate", "photo")} <= pictures
+    for name, field in sorted(pictures):
+        assert SPEC["components"]["schemas"][name]["properties"][field].get("format") == "image-url", (name, field)
+
+
+def test_a_javascript_avatar_is_refused(client, org_a):
+    refused = client.patch(f"/staff/{org_a.admin_id}", json={"avatar": "javascript:alert(document.cookie)"},
+                           headers=org_a.headers)
+    assert refused.status_code == 400 and error_of(refused)["field"] == "avatar", refused.text
+    fine = client.patch(f"/staff/{org_a.admin_id}", json={"avatar": "https://cdn.example/me.png"}, headers=org_a.headers)
+    assert fine.status_code == 200 and fine.json()["data"]["avatar"] == "https://cdn.example/me.png", fine.text
+
+
 def test_the_calendar_ends_are_answered(client, org_a):
     """The last day and the last instant are values like any other; only beyond them is 400."""
     for path in ("/appointments?date=9999-12-31", "/appointments?date=0001-01-01",
