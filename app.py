@@ -46,7 +46,10 @@ def create_app(settings: config.Settings | None = None, *, database_url: str | N
                          limits=RateLimits(settings), keys=signing.load(settings),
                          dummy_password_hash=credentials.dummy_hash(settings),
                          resources=contract.derive(document, resources.ALL))
-    app_state.tracing = telemetry.configure(settings, [app_state.pools.writer, app_state.pools.reader])
+    # Replicas' statements are traced as the primary's are.
+    app_state.tracing = telemetry.configure(settings, [engine for _, engine in app_state.pools.named()])
+    if app_state.pools.replicas:
+        observability.replicas_configured(settings.replica_max_lag_seconds)
     app_state.sessions = sessions.SessionCache(settings, settings.database_listen_url or url).start()
     app_state.pools.companions.append(app_state.sessions)
 

@@ -30,6 +30,9 @@ DB_POOL = Gauge("db_pool_connections", "Database pool connections by pool and st
 # instance shows the worst of its workers' views.
 DB_UP = Gauge("db_up", "1 when the database server answered this instance's last probe, else 0", ["server"],
               multiprocess_mode="livemin")
+# REPLICA_MAX_LAG_SECONDS, so that the lagging alert (ops/prometheus-alerts.yml) follows the setting.
+DB_REPLICA_MAX_LAG = Gauge("db_replica_max_lag_seconds", "How far behind a replica may be and still serve reads "
+                           "(REPLICA_MAX_LAG_SECONDS)", multiprocess_mode="livemax")
 DB_REPLICA_LAG = Gauge("db_replica_lag_seconds", "How far a replica's data is behind the primary, in seconds",
                        ["server"], multiprocess_mode="livemax")
 LOGIN_FAILURES = Counter("auth_login_failures_total", "Failed logins (unknown email or wrong password)")
@@ -97,6 +100,10 @@ def _pool_gauges() -> None:
             DB_POOL.labels(name, "overflow").set(max(pool.overflow(), 0))
     except Exception:  # no pools yet, or a pool without these counters
         pass
+
+
+def replicas_configured(max_lag_seconds: float) -> None:
+    DB_REPLICA_MAX_LAG.set(max_lag_seconds)
 
 
 def server_health(server: str, health) -> None:

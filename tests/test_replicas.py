@@ -124,6 +124,8 @@ def test_reads_come_from_the_replica_the_writer_reads_its_writes_and_a_lagging_r
         _wait_for(lambda: all(httpx.get(f"{api}/branches/{branch}", headers=member, timeout=10).status_code == 200
                               for _ in range(4)), MAX_LAG + 20, "the lagging replica kept serving reads")
         assert time.monotonic() - written > MAX_LAG - 3  # and not much before it lagged that far
+        exported = httpx.get(f"{api}/metrics").text  # the alert compares the lag with the setting
+        assert float(re.search(r"^db_replica_max_lag_seconds (\S+)$", exported, re.M).group(1)) == MAX_LAG
         status, seen = _replica_state(api)
         assert status == 200 and seen["state"] == "lagging" and seen["lag_seconds"] > MAX_LAG, seen
         # The gauge holds the probe's own measure, taken once a second: the next look passes MAX_LAG.
