@@ -24,16 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import config  # noqa: E402
 from bench import seed as seeding  # noqa: E402
-from models import crud, database, resources  # noqa: E402
+from models import database  # noqa: E402
 
 ROUNDS = int(os.environ.get("ACCESS_BENCH_ROUNDS", "12"))
 BLOCK = int(os.environ.get("ACCESS_BENCH_BLOCK", "100"))
 
 
-def _recording(on: bool) -> None:
-    """Switch the patients' access rows on or off (the descriptor is frozen: tests only)."""
-    object.__setattr__(resources.PATIENTS, "patient_column", "id" if on else None)
-    crud._embed_queries.clear()
+def _recording(app, on: bool) -> None:
+    """Switch the patients' access rows on or off in ``app``'s descriptor (frozen: a bench's
+    liberty), and drop the statements built with the other setting."""
+    patients = app.state.resources["patient"]
+    object.__setattr__(patients, "patient_column", "id" if on else None)
+    patients.statements.clear()
 
 
 def _backend_cpu_ns(engine, database_name: str) -> int:
@@ -77,13 +79,13 @@ def main() -> int:
     cpu = {(scenario, on): [0, 0] for scenario in scenarios for on in (False, True)}  # python ns, postgres ns
     probe = sa.create_engine(database.sqlalchemy_url(url), poolclass=sa.pool.NullPool)
     for on in (False, True):  # warm both statement caches
-        _recording(on)
+        _recording(app, on)
         for call in scenarios.values():
             for _ in range(50):
                 assert call().status_code == 200
     for round_ in range(ROUNDS):
         for on in ((False, True) if round_ % 2 == 0 else (True, False)):
-            _recording(on)
+            _recording(app, on)
             for scenario, call in scenarios.items():
                 python_before, postgres_before = time.process_time_ns(), _backend_cpu_ns(probe, name)
                 for _ in range(BLOCK):
