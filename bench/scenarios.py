@@ -5,6 +5,7 @@ generator (``loadgen.py``) when wrk is not installed. Keep them in step with ``l
 """
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import random
@@ -39,6 +40,7 @@ class Scenario:
     term: str | None = None          # search term, when the scenario searches
     pages_of: str | None = None      # table whose per-org size bounds the random page
     writes: bool = False             # each server's run starts from a settled database
+    peers: bool = True               # the FastAPI peer and the floor answer it too
 
 
 def _get_patient(ctx: Context, rng: random.Random, _seq) -> Request:
@@ -47,6 +49,12 @@ def _get_patient(ctx: Context, rng: random.Random, _seq) -> Request:
 
 def _list_patients(ctx: Context, rng: random.Random, _seq) -> Request:
     return "GET", f"/patients?page={rng.randint(ctx.min_page, ctx.max_page)}&pageSize=20", None
+
+
+def _sync_patients(_ctx: Context, rng: random.Random, _seq) -> Request:
+    # The seed spreads updated_at over three years: a random instant is a sync page anywhere in them.
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=rng.randint(1, 1090))
+    return "GET", f"/patients?updatedSince={since.strftime('%Y-%m-%dT%H:%M:%SZ')}&pageSize=20", None
 
 
 def _search(ctx: Context, _rng, _seq) -> Request:
@@ -77,6 +85,10 @@ def scenarios(common_term: str, rare_term: str) -> list[Scenario]:
         Scenario("get_patient", "get patient by id", "get_patient.lua", _get_patient, baseline=True),
         Scenario("list_patients", "list patients (page 1..50)", "list_patients.lua", _list_patients,
                  pages_of="patient"),
+        # A sync page from a random instant (issue 20: it should cost about what a list page does);
+        # the peer and the floor do not sync.
+        Scenario("sync_patients", "sync patients (random instant)", "sync_patients.lua", _sync_patients,
+                 peers=False),
         Scenario("search_common", f"search common '{common_term}'", "search_patients.lua", _search,
                  term=common_term),
         Scenario("search_rare", f"search rare '{rare_term}'", "search_patients.lua", _search,
