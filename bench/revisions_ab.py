@@ -1,6 +1,10 @@
 """Two revisions of the API side by side, interleaved: what one change costs per request.
 
     .venv/bin/python bench/revisions_ab.py OLD NEW [scenario ...]     # e.g. 1b78b47 17e8f11 get_patient
+    .venv/bin/python bench/revisions_ab.py HEAD+REQUEST_THREADS=0 HEAD get_patient    # a setting's cost
+
+A revision may carry settings after a ``+`` (``REV+NAME=value,NAME=value``): its server runs with
+them, so that one commit served two ways compares like two commits.
 
 Each revision (a commit, checked out into a throw-away worktree under .local/ab/) is served by
 ``clinic-api serve`` as ``make bench`` serves the API, both on one bench database seeded as
@@ -56,10 +60,12 @@ def main(old: str, new: str, wanted: list[str]) -> int:
     per_org = seeded.patients // seeding.ORGS
     key_file = run.signing_key_file()
     servers = {}
-    for label, revision in (("old", old), ("new", new)):
+    for label, given in (("old", old), ("new", new)):
+        revision, _, overrides = given.partition("+")
         place = checkout(revision)
+        settings = dict(item.split("=", 1) for item in overrides.split(",") if item)
         servers[label] = run.start_api(url, opts, key_file, name=f"ab-{label}",
-                                       extra_env={"PYTHONPATH": str(place)})
+                                       extra_env={"PYTHONPATH": str(place), **settings})
     backends = run.Backends(url)
     try:
         import httpx
