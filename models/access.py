@@ -127,7 +127,7 @@ def _history_since(conn, org_id: str, patient_id: str, page_size: int, start) ->
     number = uuid.UUID(place).int
     after = sa.tuple_(both.c.created_at, both.c.source, both.c.seq) > sa.tuple_(
         sa.literal(stamp, both.c.created_at.type), number >> 64, number & (2**64 - 1))
-    where = [after, both.c.created_at < sync.horizon(conn)]
+    where = [after, sync.before_horizon(both.c.created_at)]
     rows = conn.execute(
         select(*[both.c[name] for name in _READ_COLUMNS], both.c.source, both.c.seq).where(*where)
         .order_by(both.c.created_at, both.c.source, both.c.seq).limit(page_size)

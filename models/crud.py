@@ -379,17 +379,17 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
     org = {EMBED_ORG: caller.org_id}
     newest_first = (table.c.created_at.desc(), table.c.id.desc())
     offset = (page - 1) * page_size
-    count_key = (resource.name, caller.org_id, parent_id, tuple(sorted((n, repr(filters[n])) for n in active)))
     if syncing:  # a sync pages by cursor: page is not used
         position = sync.position(updated_since, cursor)
         # On the primary: a sync page of patient data writes its access row, and the horizon is
         # the primary's open transactions.
         return database.recorded_read(lambda conn: _changes(
             conn, resource, caller, query, page_size, embed,
-            conditions + _parent_conditions(conn, resource, caller, parent_id), position, (*count_key, position)))
+            conditions + _parent_conditions(conn, resource, caller, parent_id), position))
     settings = config.current()
     searching = bool(active & resource.search_filters)
     exact_limit = settings.search_count_exact_limit if searching else settings.count_exact_limit
+    count_key = (resource.name, caller.org_id, parent_id, tuple(sorted((n, repr(filters[n])) for n in active)))
 
     def work(conn):
         where = conditions + _parent_conditions(conn, resource, caller, parent_id)
@@ -444,14 +444,16 @@ def sync_stamp(table: Table):
 
 
 def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_size: int,
-             embed: list[str], where: list, position: tuple[dt.datetime, str], count_key: tuple) -> dict:
+             embed: list[str], where: list, position: tuple[dt.datetime, str]) -> dict:
     """One sync page: a keyset range on (stamp, id) of the (org_id, stamp, id) index, up to the
-    horizon; ``total`` counts the changes from this position on (exact up to COUNT_EXACT_LIMIT)."""
+    horizon. ``total`` counts the changes from this position on: a page that is not full holds
+    them all; a full one asks the planner, since counting from a point far back walks up to
+    COUNT_EXACT_LIMIT index entries, which cost more than the page (decision record)."""
     table = resource.table
     stamp = sync_stamp(table)
     after = sa.tuple_(stamp, table.c.id) > sa.tuple_(sa.literal(position[0], stamp.type),
                                                     sa.cast(position[1], table.c.id.type))
-    where = [*where, after, stamp < sync.horizon(conn)]
+    where = [*where, after, sync.before_horizon(stamp)]
     oldest_first = (stamp.asc(), table.c.id.asc())
     page_ids = select(table.c.id).where(*where).order_by(*oldest_first).limit(page_size)
     rows = conn.execute(query.select.where(table.c.id.in_(page_ids)).order_by(*oldest_first),
@@ -463,7 +465,10 @@ def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_
         _attach_many(conn, resource, caller, items, embed)
         last = items[-1]
         position = (last[stamp.name], last["id"])
-    total, estimated = _count(conn, table, where, count_key, config.current().count_exact_limit)
+    if len(items) < page_size:
+        total, estimated = len(items), False
+    else:
+        total, estimated = max(_planned_rows(conn, table, where), len(items)), True
     return {resource.plural: items, "total": total, "total_estimated": estimated,
             "next_cursor": sync.encode_cursor(*position), "has_more": len(items) == page_size}
 
@@ -509,14 +514,19 @@ def _count(conn, table: Table, where: list, key: tuple, limit: int,
         counted = conn.execute(select(func.count()).select_from(capped)).scalar_one()
     if counted <= limit:
         return counted, False
-    query = select(sa.literal(1)).select_from(table).where(*where).compile(dialect=conn.dialect)
-    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(query), query.params).scalar_one()
-    estimate = max(int(plan[0]["Plan"]["Plan Rows"]), limit + 1)
+    estimate = max(_planned_rows(conn, table, where), limit + 1)
     estimates = state.current().count_estimates
     if len(estimates) > 10_000:
         estimates.clear()
     estimates[(limit, *key)] = (time.monotonic(), estimate)
     return estimate, True
+
+
+def _planned_rows(conn, table: Table, where: list) -> int:
+    """How many rows the planner expects ``where`` to match (one EXPLAIN: planned, not run)."""
+    query = select(sa.literal(1)).select_from(table).where(*where).compile(dialect=conn.dialect)
+    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(query), query.params).scalar_one()
+    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 def _cached_estimate(key: tuple, limit: int) -> int | None:

@@ -22,12 +22,13 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _HORIZON = sa.text("""
     SELECT coalesce(min(xact_start), now()) FROM pg_stat_activity
      WHERE datname = current_database() AND backend_type = 'client backend' AND xact_start IS NOT NULL
-""")
+""").columns(sa.column("horizon", sa.DateTime(timezone=True))).scalar_subquery()
 
 
-def horizon(conn) -> dt.datetime:
-    """Where a sync page stops (read on the primary: a replica knows nothing of its writers)."""
-    return conn.execute(_HORIZON).scalar_one()
+def before_horizon(stamp) -> sa.ColumnElement[bool]:
+    """The condition that keeps a sync page short of the horizon, evaluated once inside the page's
+    own statement (read on the primary: a replica knows nothing of its writers)."""
+    return stamp < _HORIZON
 
 
 def position(updated_since: str | None, cursor: str | None) -> tuple[dt.datetime, str]:

@@ -39,6 +39,18 @@ def test_every_list_answers_changes_oldest_first_with_tombstones(client, world_a
     assert after[key] == [] and after["next_cursor"] == page["next_cursor"] and after["total"] == 0
 
 
+def test_a_full_sync_page_estimates_what_is_left_and_the_last_page_counts_it(client, world_a):
+    """Counting from a point far back would walk up to COUNT_EXACT_LIMIT index entries per page:
+    a full page asks the planner instead, and the last page, which holds what is left, is exact."""
+    org = world_a.org
+    made = [post(client, org, "/patients", {"branch_id": org.branch_id, "name": f"Left {n}"}) for n in range(3)]
+    full = sync(client, org, "/patients", pageSize=2, updatedSince=made[0]["created_at"]).json()["data"]
+    assert full["has_more"] is True and full["total_estimated"] is True and full["total"] >= 2
+    last = sync(client, org, "/patients", pageSize=2, cursor=full["next_cursor"]).json()["data"]
+    assert last["has_more"] is False and last["total_estimated"] is False
+    assert last["total"] == len(last["patients"]) == 1 and last["patients"][0]["id"] == made[2]["id"]
+
+
 def test_a_sync_walks_every_change_once_while_rows_are_written(client, world_a):
     org = world_a.org
     first = [post(client, org, "/patients", {"branch_id": org.branch_id, "name": f"Early {n}"}) for n in range(5)]
