@@ -58,7 +58,7 @@ def _standing_query():
                                       staff_mfa.c.confirmed_at.is_not(None))
     return (
         sa.select(
-            auth_session.c.user_id, auth_session.c.org_id,
+            auth_session.c.user_id,
             (auth_session.c.ended_at.is_not(None) | staff.c.deleted_at.is_not(None)).label("ended"),
             func.extract("epoch", func.now() - auth_session.c.created_at).label("age_s"),
             func.extract("epoch", func.now() - auth_session.c.last_used_at).label("idle_s"),
@@ -91,9 +91,7 @@ class Standing:
     """A session as its worker last read it; times are ``time.monotonic()``."""
 
     user_id: str
-    org_id: str
     ended: bool
-    roles: tuple[str, ...]
     scopes: frozenset[str]
     scope_text: str  # as an access token's ``scope`` claim writes them, to compare at no cost
     read_at: float
@@ -167,8 +165,9 @@ class SessionCache:
         scopes = frozenset() if mfa.enrolment_due(roles, row["second_factor"], self.mfa_required_roles) \
             else frozenset(row["scopes"] or ())
         used_here = self.touched.get(sid, -math.inf)
-        entry = Standing(user_id=str(row["user_id"]), org_id=str(row["org_id"]), ended=row["ended"], roles=roles,
-                         scopes=scopes, scope_text=" ".join(sorted(scopes)), read_at=now, ends_at=now + self.absolute_s - float(row["age_s"]),
+        entry = Standing(user_id=str(row["user_id"]), ended=row["ended"], scopes=scopes,
+                         scope_text=" ".join(sorted(scopes)), read_at=now,
+                         ends_at=now + self.absolute_s - float(row["age_s"]),
                          last_used=max(now - float(row["idle_s"]), used_here))
         if generation == self.generation:
             if len(self.entries) >= MAX_ENTRIES:
@@ -281,12 +280,16 @@ def open_session(conn, member, origin: dict) -> str:
     ).scalar_one()
 
 
+def _bounds(table=auth_session):
+    """When a session ends by itself: its absolute lifetime, and its idle timeout from last use."""
+    conf = config.current()
+    return (table.c.created_at + dt.timedelta(seconds=conf.session_absolute_lifetime_s),
+            table.c.last_used_at + dt.timedelta(seconds=conf.session_idle_timeout_s))
+
+
 def live(table=auth_session):
     """Conditions of a session still in force: not ended, within its lifetime and idle timeout."""
-    conf = config.current()
-    return (table.c.ended_at.is_(None),
-            table.c.created_at > func.now() - dt.timedelta(seconds=conf.session_absolute_lifetime_s),
-            table.c.last_used_at > func.now() - dt.timedelta(seconds=conf.session_idle_timeout_s))
+    return (table.c.ended_at.is_(None), *(bound > func.now() for bound in _bounds(table)))
 
 
 def end(conn, *conditions, reason: str) -> list[str]:
@@ -314,18 +317,13 @@ def end_all_of(conn, org_id: str, staff_id: str, *, reason: str, keep: str | Non
 
 def sessions_of(caller) -> dict:
     """The caller's sessions in force, newest first, the current one marked."""
-    conf = config.current()
     columns = [auth_session.c.id, auth_session.c.created_at, auth_session.c.last_used_at,
-               auth_session.c.ip_address, auth_session.c.user_agent]
+               auth_session.c.ip_address, auth_session.c.user_agent, func.least(*_bounds()).label("expires_at")]
     query = (sa.select(*columns)
              .where(*scoped(auth_session, caller.org_id), auth_session.c.user_id == caller.user_id, *live())
              .order_by(auth_session.c.created_at.desc(), auth_session.c.id))
     rows = database.read(lambda conn: conn.execute(query).mappings().all(), on_primary=True)
-    found = []
-    for row in rows:
-        ends = min(row["created_at"] + dt.timedelta(seconds=conf.session_absolute_lifetime_s),
-                   row["last_used_at"] + dt.timedelta(seconds=conf.session_idle_timeout_s))
-        found.append({**row, "expires_at": ends, "current": row["id"] == caller.session_id})
+    found = [{**row, "current": row["id"] == caller.session_id} for row in rows]
     return {"sessions": found, "total": len(found), "total_estimated": False}
 
 
