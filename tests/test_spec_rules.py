@@ -3,6 +3,7 @@ the spec says no more and no less than the server enforces."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -111,6 +112,33 @@ def test_every_picture_a_client_may_render_is_an_image_url():
     assert {("StaffCreate", "avatar"), ("StaffUpdate", "avatar"), ("PatientCreate", "photo")} <= pictures
     for name, field in sorted(pictures):
         assert SPEC["components"]["schemas"][name]["properties"][field].get("format") == "image-url", (name, field)
+
+
+def test_every_pattern_means_the_same_to_python_and_to_ecmascript():
+    r"""The server checks patterns with Python's re, clients and schemathesis with ECMA-262 rules.
+    The class escapes differ on Unicode (Python's \s takes \x1c-\x1f and \x85, its \d and \w take
+    every script's digits and letters): ``make fuzz`` sent "https://\x1d..." as matching \S and the
+    server refused it. Patterns spell their classes out instead."""
+    found = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str) and re.search(r"\\[dDwWsSbB]", node["pattern"]):
+                found.append((where, node["pattern"]))
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}/{index}")
+
+    walk(SPEC, "#")
+    assert found == []
+
+
+def test_an_image_url_with_a_control_character_after_the_scheme_is_refused(client, org_a):
+    refused = client.patch(f"/staff/{org_a.admin_id}", json={"avatar": "https://\x1dcdn.example/me.png"},
+                           headers=org_a.headers)
+    assert refused.status_code == 400 and error_of(refused)["field"] == "avatar", refused.text
 
 
 def test_a_javascript_avatar_is_refused(client, org_a):
