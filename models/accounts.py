@@ -434,11 +434,14 @@ def grant(caller, staff_id: str, role_name: str) -> dict:
         if missing:
             raise ApiError("INSUFFICIENT_SCOPE", f"You cannot grant scopes you do not hold: {', '.join(sorted(missing))}")
         before = _roles_of(conn, caller.org_id, staff_id)
-        if grant_role(conn, caller.org_id, staff_id, role_name):
+        granted = grant_role(conn, caller.org_id, staff_id, role_name)
+        if granted:
             after = _roles_of(conn, caller.org_id, staff_id)
             audit.record_for(conn, caller, "grant_role", "staff", staff_id, before=before, after=after)
-            return after
+    if not granted:
         return before
+    sessions.changed_here(f"staff:{staff_id}")
+    return after
 
 
 def revoke(caller, staff_id: str, role_name: str) -> None:
@@ -450,6 +453,7 @@ def revoke(caller, staff_id: str, role_name: str) -> None:
             raise ApiError("NOT_FOUND", f"the staff member does not hold the role {role_name}")
         after = _roles_of(conn, caller.org_id, staff_id)
         audit.record_for(conn, caller, "revoke_role", "staff", staff_id, before=before, after=after)
+    sessions.changed_here(f"staff:{staff_id}")
 
 
 def create_organization(*, name: str, branch_name: str, admin_email: str, admin_password: str,

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy import func
 
 import config
+import state
 from errors import ApiError
 from models import audit, database, mfa
 from models.tables import auth_session, role, session as refresh_token_row, staff, staff_mfa, user_role
@@ -270,6 +271,16 @@ class SessionCache:
 
 
 # --- the sessions of a member ---------------------------------------------------------------
+
+def changed_here(payload: str) -> None:
+    """After this worker commits a change to someone's access (a payload as ``auth_change`` carries
+    it): its own next request must see it. The commit's notification reaches this worker's listener
+    a moment later, and a client that asks again at once would otherwise be answered by the old
+    standing. Other workers hear the notification as usual."""
+    cache = state.current().sessions
+    if cache is not None:
+        cache.apply(payload)
+
 
 def open_session(conn, member, origin: dict) -> str:
     """A new session for a member who proved who they are; returns its id (the tokens' sid)."""
