@@ -126,6 +126,27 @@ def test_a_role_taken_away_takes_its_scopes_from_the_token(client, org_a):
     assert client.get("/patients", headers=_bearer(tokens)).status_code == 200  # the nurse's scopes stay
 
 
+def test_a_role_taken_away_holds_at_once_on_the_worker_that_took_it(app, client, org_a, monkeypatch):
+    """The worker that commits a role change must not wait for its own notification: with the
+    notifications kept from this worker and its cached standings trusted, the next request is
+    still refused."""
+    import threading
+
+    from models import sessions
+
+    cache = app.state.sessions
+    heard = cache.apply
+    monkeypatch.setattr(cache, "apply", lambda payload: None if threading.current_thread() is cache._thread
+                        else heard(payload))
+    member = staff_member(client, org_a, role="nurse")
+    assert client.post(f"/staff/{member['id']}/roles", json={"role": "accountant"}, headers=org_a.headers).status_code == 200
+    tokens = _login(client, member["email"])
+    assert client.get("/transactions", headers=_bearer(tokens)).status_code == 200
+    monkeypatch.setattr(sessions.SessionCache, "_trusted", lambda self, entry, now: True)
+    assert client.delete(f"/staff/{member['id']}/roles/accountant", headers=org_a.headers).status_code == 204
+    assert client.get("/transactions", headers=_bearer(tokens)).status_code == 403
+
+
 def test_a_refresh_sent_twice_gets_two_valid_pairs(client, org_a):
     first = client.post("/auth/refresh", json={"refresh_token": org_a.refresh_token})
     twice = client.post("/auth/refresh", json={"refresh_token": org_a.refresh_token})
