@@ -3,7 +3,7 @@ import flask
 
 import state
 from errors import ApiError
-from handlers import JSONIFIER, no_content, ok
+from handlers import encode, no_content, ok
 from middleware import auth, ratelimit
 from middleware.observability import LOGIN_FAILURES
 from middleware.tenancy import current_caller, request_origin
@@ -56,7 +56,7 @@ def issue_token(body: dict):
         tokens = accounts.refresh(_form_field(body, "refresh_token"), request_origin())
     answer = {name: tokens[name] for name in ("access_token", "token_type", "expires_in", "refresh_token")}
     answer["scope"] = auth.verified_claims(tokens["access_token"])["scope"]
-    return flask.Response(JSONIFIER.dumps(answer), status=200, content_type="application/json",
+    return flask.Response(encode(answer), status=200, content_type="application/json",
                           headers={"Pragma": "no-cache"})
 
 
@@ -106,5 +106,5 @@ def get_current_user():
 
 def get_json_web_key_set():
     """The public keys that verify access tokens, for other services (RFC 7517, no envelope)."""
-    return flask.Response(JSONIFIER.dumps(state.current().keys.jwks()), status=200,
+    return flask.Response(encode(state.current().keys.jwks()), status=200,
                           content_type="application/json", headers={"Cache-Control": "public, max-age=300"})
