@@ -45,7 +45,8 @@ def _answer(data, status: int) -> Response:
                     mimetype="application/json")
 
 
-def create_app(dsn: str | None = None, org_id: str | None = None) -> Flask:
+def create_app(dsn: str | None = None, org_id: str | None = None,
+               application_name: str = "bench-baseline") -> Flask:
     dsn = dsn or os.environ["BASELINE_DATABASE_URL"]
     org_id = org_id or os.environ["BASELINE_ORG_ID"]
     size = int(os.environ.get("BASELINE_POOL_SIZE", "1"))  # = threads per worker
@@ -53,10 +54,11 @@ def create_app(dsn: str | None = None, org_id: str | None = None) -> Flask:
     pool: list[ThreadedConnectionPool] = []
 
     def connection():
-        # Created on first use, i.e. in the worker after gunicorn forked.
+        # Created on first use, i.e. in the worker after gunicorn forked; every connection kept
+        # open (psycopg2's pool closes those beyond its minimum when they come back).
         if not pool:
-            pool.append(ThreadedConnectionPool(1, size, dsn, options="-c timezone=UTC",
-                                               application_name="bench-baseline"))
+            pool.append(ThreadedConnectionPool(size, size, dsn, options="-c timezone=UTC",
+                                               application_name=application_name))
         conn = pool[0].getconn()
         conn.autocommit = True  # one statement per request: no BEGIN/COMMIT round trips
         return conn

@@ -311,6 +311,22 @@ def start_baseline(url: str, opts: Options, org_id: str) -> Server:
     return server
 
 
+def start_stack_floor(url: str, opts: Options, org_id: str) -> Server:
+    """connexion and Flask in front of the baseline's handler, served as the API is (stack_floor.py)."""
+    port = free_port()
+    env = dict(os.environ)
+    # connexion runs Flask on a2wsgi's thread pool (10 threads): a connection for each.
+    env.update({"BASELINE_DATABASE_URL": url, "BASELINE_ORG_ID": org_id, "BASELINE_POOL_SIZE": "10"})
+    command = [
+        str(BIN / "gunicorn"), "--chdir", str(BENCH_DIR), "--bind", f"127.0.0.1:{port}",
+        "--workers", str(opts.workers), "--worker-class", "uvicorn_worker.UvicornWorker",
+        "--keep-alive", "5", "--log-level", "warning", "--graceful-timeout", "10", "stack_floor:create_app()",
+    ]
+    server = Server("stack", command, env, port, opts.workers)
+    server.application_name = "bench-stack"
+    return server
+
+
 def peer_environment() -> Path:
     """The bin directory of the peer's own virtualenv (``.local/bench-peer-venv``), installed from
     ``peer/requirements.txt`` when that file changed: FastAPI, asyncpg and pydantic never enter the
@@ -644,8 +660,9 @@ def run_load(opts: Options, scenario: Scenario, base: str, env: dict, duration: 
 
 def targets_of(scenario: Scenario) -> list[str]:
     """The servers a scenario runs on: the API, the FastAPI peer, the Starlette floor, and the
-    Flask baseline where it has the operation."""
-    return ["api"] + (["peer", "floor"] if scenario.peers else []) + (["baseline"] if scenario.baseline else [])
+    Flask baseline and the stack's floor where they have the operation."""
+    return (["api"] + (["peer", "floor"] if scenario.peers else []) + (["baseline"] if scenario.baseline else [])
+            + (["stack"] if scenario.stack else []))
 
 
 def measure(opts: Options, scenario: Scenario, server: "Server", env: dict, url: str, backends: Backends,
@@ -873,7 +890,8 @@ def main() -> int:
     peer = start_peer(url, opts, peer_bin, name="peer", module="app", extra_env={"JWT_SIGNING_KEY_FILE": key_file})
     floor = start_peer(url, opts, peer_bin, name="floor", module="floor",
                        extra_env={"FLOOR_ORG_ID": seeded.org_id, "FLOOR_USER_ID": admin})
-    servers = {"api": api, "peer": peer, "floor": floor, "baseline": base}
+    stack = start_stack_floor(url, opts, seeded.org_id)
+    servers = {"api": api, "peer": peer, "floor": floor, "baseline": base, "stack": stack}
     rows: list[dict] = []
     memory: dict[str, list[dict]] = {}
     sql: dict = {}

@@ -37,6 +37,7 @@ class Scenario:
     script: str                      # file in bench/lua/
     build: Callable[[Context, random.Random, itertools.count], Request]
     baseline: bool = False           # bench/baseline.py answers it too
+    stack: bool = False              # so does bench/stack_floor.py (connexion in front of the baseline)
     term: str | None = None          # search term, when the scenario searches
     pages_of: str | None = None      # table whose per-org size bounds the random page
     writes: bool = False             # each server's run starts from a settled database
@@ -82,7 +83,8 @@ def _create_patient(ctx: Context, rng: random.Random, seq: itertools.count) -> R
 def scenarios(common_term: str, rare_term: str) -> list[Scenario]:
     """In run order: reads first, the write last (its new rows would change the pages)."""
     return [
-        Scenario("get_patient", "get patient by id", "get_patient.lua", _get_patient, baseline=True),
+        Scenario("get_patient", "get patient by id", "get_patient.lua", _get_patient, baseline=True,
+                 stack=True),
         Scenario("list_patients", "list patients (page 1..50)", "list_patients.lua", _list_patients,
                  pages_of="patient"),
         # A sync page from a random instant (issue 20: it should cost about what a list page does);
