@@ -24,12 +24,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
-from models.crud import Embed, Reference, Resource
+from models.crud import Embed, Filter, Reference, Resource
 from models.instants import parse_instant
 from models.tenancy import TENANT_COLUMN
 
@@ -48,40 +48,51 @@ def escape_like(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def equals(column: str) -> Callable[[sa.Table, Any], Any]:
+def equals(table: sa.Table, column: str) -> Filter:
     """The column equals the value (instants compared as instants)."""
-    def clause(table, value):
-        if isinstance(table.c[column].type, sa.DateTime) and isinstance(value, str):
-            value = parse_instant(value)
-        return table.c[column] == value
-    return clause
+    instant = isinstance(table.c[column].type, sa.DateTime)
+    return Filter(lambda t, value: t.c[column] == value,
+                  lambda value: (parse_instant(value) if instant and isinstance(value, str) else value,))
 
 
-def contains(column: str):
+def like_pattern(term: str) -> tuple:
+    """The LIKE pattern of a substring, as the one value of a filter's parameter."""
+    return (f"%{escape_like(term)}%",)
+
+
+def contains(_table: sa.Table, column: str) -> Filter:
     """Case-insensitive substring match on one column."""
-    return lambda table, term: table.c[column].ilike(f"%{escape_like(term)}%")
+    return Filter(lambda t, pattern: t.c[column].ilike(pattern), like_pattern)
 
 
-def at_or_after(column: str):
-    return lambda table, instant: table.c[column] >= parse_instant(instant)
+def _instant(value: str) -> tuple:
+    return (parse_instant(value),)
 
 
-def before(column: str):
-    return lambda table, instant: table.c[column] < parse_instant(instant)
+def at_or_after(_table: sa.Table, column: str) -> Filter:
+    return Filter(lambda t, instant: t.c[column] >= instant, _instant)
 
 
-def on_day(column: str):
+def before(_table: sa.Table, column: str) -> Filter:
+    return Filter(lambda t, instant: t.c[column] < instant, _instant)
+
+
+_DAY_LESS_A_MICROSECOND = dt.timedelta(days=1, microseconds=-1)
+
+
+def _day(day: str) -> tuple:
+    # Its first and last microsecond (PostgreSQL's resolution): the calendar's last day,
+    # 9999-12-31, has no next day to stop before.
+    start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), dt.timezone.utc)
+    return start, start + _DAY_LESS_A_MICROSECOND
+
+
+def on_day(_table: sa.Table, column: str) -> Filter:
     """Rows whose timestamp falls on that calendar day, in UTC."""
-    def clause(table, day: str):
-        start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), dt.timezone.utc)
-        try:
-            return (table.c[column] >= start) & (table.c[column] < start + dt.timedelta(days=1))
-        except OverflowError:  # 9999-12-31, the calendar's last day: nothing comes after it
-            return table.c[column] >= start
-    return clause
+    return Filter(lambda t, first, last: (t.c[column] >= first) & (t.c[column] <= last), _day, arity=2)
 
 
-STANDARD_KINDS: Mapping[str, Callable[[str], Callable]] = {
+STANDARD_KINDS: Mapping[str, Callable[[sa.Table, str], Filter]] = {
     "equals": equals, "contains": contains, "at_or_after": at_or_after, "before": before, "on_day": on_day,
 }
 
@@ -173,7 +184,7 @@ def _filters(spec: _Spec, base: Resource, listing: dict | None, where: str) -> t
         elif kind in STANDARD_KINDS:
             if column not in base.table.c:
                 raise ContractError(f"{where}: x-filter of {name} names column {column}, which {base.table.name} lacks")
-            filters[snake_case(name)] = STANDARD_KINDS[kind](column)
+            filters[snake_case(name)] = STANDARD_KINDS[kind](base.table, column)
         else:
             raise ContractError(f"{where}: x-filter of {name} has an unknown kind {kind!r}")
     return filters, frozenset(searches)

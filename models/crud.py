@@ -49,6 +49,26 @@ class Embed:
     hidden: frozenset[str] = frozenset()
 
 
+def _one_value(value) -> tuple:
+    return (value,)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A list filter: ``condition(table, *params)`` is its clause over ``arity`` bind parameters,
+    built once per list shape; ``convert(value)`` gives those parameters' values for a request."""
+
+    condition: Callable[..., Any]
+    convert: Callable[[Any], tuple] = _one_value
+    arity: int = 1
+
+    def clause(self, table: Table, name: str):
+        return self.condition(table, *(sa.bindparam(f"filter_{name}_{i}") for i in range(self.arity)))
+
+    def params(self, name: str, value) -> dict:
+        return {f"filter_{name}_{i}": bound for i, bound in enumerate(self.convert(value))}
+
+
 @dataclass(frozen=True)
 class Reference:
     """A reference whose target must also meet a rule of its own (a prescriber must be a member
@@ -76,8 +96,8 @@ class Resource:
     # Body fields naming another row, and the table that row must live in (same org, not deleted),
     # or a Reference when the row must meet a rule too.
     references: Mapping[str, Table | Reference] = field(default_factory=dict)
-    # Filter kinds of this resource's own, by the name an ``x-filter`` gives: kind -> clause builder.
-    filter_kinds: Mapping[str, Callable[[Table, Any], Any]] = field(default_factory=dict)
+    # Filter kinds of this resource's own, by the name an ``x-filter`` gives.
+    filter_kinds: Mapping[str, Filter] = field(default_factory=dict)
     # Those of them that search free text: with one, a total is exact only up to
     # SEARCH_COUNT_EXACT_LIMIT (proving that a common term has 8,000 matches costs what reading
     # them does).
@@ -89,8 +109,8 @@ class Resource:
     # From the spec: the fields a create and an update may write.
     create_fields: frozenset[str] = frozenset()
     update_fields: frozenset[str] = frozenset()
-    # From the spec: list query parameter (snake_case name) -> clause builder, the free-text ones.
-    filters: Mapping[str, Callable[[Table, Any], Any]] = field(default_factory=dict)
+    # From the spec: list query parameter (snake_case name) -> its filter, and the free-text ones.
+    filters: Mapping[str, Filter] = field(default_factory=dict)
     search_filters: frozenset[str] = frozenset()
     # From the spec: the relations ``?embed=`` may expand.
     embeds: Mapping[str, Embed] = field(default_factory=dict)
@@ -333,13 +353,7 @@ def _attach_many(conn, resource: Resource, caller: Caller, items: list[dict], em
         relation = resource.embeds[name]
         if relation.back_column is None:
             continue
-        target = relation.target
-        back = target.c[relation.back_column]
-        rows = conn.execute(
-            select(*[c for c in target.c if c.name not in relation.hidden])
-            .where(back.in_(ids), *scoped(target, caller.org_id))
-            .order_by(target.c.created_at.desc(), target.c.id.desc())
-        ).mappings()
+        rows = conn.execute(_to_many(resource, name), {FOUND_IDS: ids, EMBED_ORG: caller.org_id}).mappings()
         grouped: dict[str, list] = {i: [] for i in ids}
         for row in rows:
             grouped[row[relation.back_column]].append(dict(row))
@@ -347,17 +361,89 @@ def _attach_many(conn, resource: Resource, caller: Caller, items: list[dict], em
             item[name] = grouped[item["id"]]
 
 
-def _parent_conditions(conn, resource: Resource, caller: Caller, parent_id: str | None) -> list:
+def _to_many(resource: Resource, name: str):
+    """The rows of a to-many embed whose back column names one of ``FOUND_IDS``."""
+    def build():
+        relation = resource.embeds[name]
+        target = relation.target
+        return (select(*[c for c in target.c if c.name not in relation.hidden])
+                .where(target.c[relation.back_column].in_(sa.bindparam(FOUND_IDS, expanding=True)),
+                       *scoped(target, sa.bindparam(EMBED_ORG)))
+                .order_by(target.c.created_at.desc(), target.c.id.desc()))
+    return resource.statement(("to_many", name), build)
+
+
+def _check_parent(conn, resource: Resource, caller: Caller, parent_id: str | None) -> None:
     """For a sub-resource: 404 unless the parent is a live row of the caller's organization."""
     if resource.parent is None:
-        return []
-    column, parent_table = resource.parent
-    found = conn.execute(
-        select(parent_table.c.id).where(parent_table.c.id == parent_id, *scoped(parent_table, caller.org_id))
-    ).first()
-    if found is None:
+        return
+    _, parent_table = resource.parent
+    probe = resource.statement(("parent",), lambda: select(parent_table.c.id).where(
+        parent_table.c.id == sa.bindparam(PARENT_ID), *scoped(parent_table, sa.bindparam(EMBED_ORG))))
+    if conn.execute(probe, {PARENT_ID: parent_id, EMBED_ORG: caller.org_id}).first() is None:
         raise ApiError("NOT_FOUND", f"{parent_table.name} not found")
-    return [resource.table.c[column] == parent_id]
+
+
+def _parent_conditions(conn, resource: Resource, caller: Caller, parent_id: str | None) -> list:
+    """``_check_parent``, then the condition that keeps a statement to that parent's rows."""
+    _check_parent(conn, resource, caller, parent_id)
+    return [] if resource.parent is None else [resource.table.c[resource.parent[0]] == parent_id]
+
+
+# Bind parameters of the list statements, besides EMBED_ORG and each filter's own.
+PARENT_ID, PAGE_SIZE, PAGE_OFFSET, COUNT_LIMIT, FOUND_IDS = (
+    "parent_id", "page_size", "page_offset", "count_limit", "found_ids")
+
+
+def _where(resource: Resource, active: tuple[str, ...], *, deleted_too: bool = False) -> list:
+    """A list's conditions over bind parameters: the organization, the filters sent, the parent."""
+    table = resource.table
+    where = scoped(table, sa.bindparam(EMBED_ORG), deleted_too=deleted_too)
+    where += [resource.filters[name].clause(table, name) for name in active]
+    if resource.parent is not None:
+        where.append(table.c[resource.parent[0]] == sa.bindparam(PARENT_ID))
+    return where
+
+
+@dataclass(frozen=True)
+class _ListStatements:
+    """A list's statements for one shape (embeds asked for, filters sent), built once: per request
+    only their parameters change. Building them and their cache keys per request cost a list page
+    about a sixth of its CPU (decision record on lists)."""
+
+    page: Any         # the page's rows, ids from the list index (PAGE_SIZE, PAGE_OFFSET)
+    found_page: Any   # the rows of FOUND_IDS, the ids a search found
+    count: Any        # the matches, counted up to COUNT_LIMIT
+    search: Any       # (matches up to COUNT_LIMIT, counted over the window; id) of the page
+    matching: Any     # SELECT 1 of every match, for the planner's estimate
+
+
+def _list_statements(resource: Resource, embed: tuple[str, ...], active: tuple[str, ...]) -> _ListStatements:
+    return resource.statement(("list", embed, active), lambda: _build_list_statements(resource, embed, active))
+
+
+def _build_list_statements(resource: Resource, embed: tuple[str, ...], active: tuple[str, ...]) -> _ListStatements:
+    table = resource.table
+    where = _where(resource, active)
+    rows = _select_with_embeds(resource, list(embed)).select
+    newest_first = (table.c.created_at.desc(), table.c.id.desc())
+    # The page's ids come from the list index alone (a deep page skips index entries, not rows),
+    # and only those rows are joined to their embeds. Joined first, the planner hashed every
+    # appointment of the organization with its patients before sorting: 18 ms against 0.7 ms
+    # for a page with three embeds at 1,000 appointments.
+    page_ids = (select(table.c.id).where(*where).order_by(*newest_first)
+                .limit(sa.bindparam(PAGE_SIZE)).offset(sa.bindparam(PAGE_OFFSET)))
+    capped = select(sa.literal(1)).select_from(table).where(*where).limit(sa.bindparam(COUNT_LIMIT)).subquery()
+    matches = select(table.c.id, table.c.created_at).where(*where).limit(sa.bindparam(COUNT_LIMIT)).subquery()
+    return _ListStatements(
+        page=rows.where(table.c.id.in_(page_ids)).order_by(*newest_first),
+        found_page=rows.where(table.c.id.in_(sa.bindparam(FOUND_IDS, expanding=True))).order_by(*newest_first),
+        count=select(func.count()).select_from(capped),
+        search=(select(func.count().over().label("total"), matches.c.id)
+                .order_by(matches.c.created_at.desc(), matches.c.id.desc())
+                .limit(sa.bindparam(PAGE_SIZE)).offset(sa.bindparam(PAGE_OFFSET))),
+        matching=select(sa.literal(1)).select_from(table).where(*where),
+    )
 
 
 def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: int = 20,
@@ -369,47 +455,44 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
     With ``updated_since`` or ``cursor``, a sync page instead: the rows changed since then,
     deleted ones included, oldest change first, and the ``next_cursor`` to go on from."""
     embed = embed or []
-    table = resource.table
     syncing = updated_since is not None or cursor is not None
-    conditions = scoped(table, caller.org_id, deleted_too=syncing)
-    active = {name for name, value in (filters or {}).items() if value is not None}
+    active = tuple(sorted(name for name, value in (filters or {}).items() if value is not None))
+    bound = {EMBED_ORG: caller.org_id, PARENT_ID: parent_id}
     for name in active:
-        conditions.append(resource.filters[name](table, filters[name]))
+        bound.update(resource.filters[name].params(name, filters[name]))
     query = _select_with_embeds(resource, embed)
-    org = {EMBED_ORG: caller.org_id}
-    newest_first = (table.c.created_at.desc(), table.c.id.desc())
     offset = (page - 1) * page_size
     if syncing:  # a sync pages by cursor: page is not used
         position = sync.position(updated_since, cursor)
+
+        def sync_page(conn):
+            _check_parent(conn, resource, caller, parent_id)
+            return _changes(conn, resource, caller, query, page_size, embed,
+                            _where(resource, active, deleted_too=True), bound, position)
         # On the primary: a sync page of patient data writes its access row, and the horizon is
         # the primary's open transactions.
-        return database.recorded_read(lambda conn: _changes(
-            conn, resource, caller, query, page_size, embed,
-            conditions + _parent_conditions(conn, resource, caller, parent_id), position))
+        return database.recorded_read(sync_page)
     settings = config.current()
-    searching = bool(active & resource.search_filters)
+    searching = bool(set(active) & resource.search_filters)
     exact_limit = settings.search_count_exact_limit if searching else settings.count_exact_limit
-    count_key = (resource.name, caller.org_id, parent_id, tuple(sorted((n, repr(filters[n])) for n in active)))
+    count_key = (resource.name, caller.org_id, parent_id, tuple((n, repr(filters[n])) for n in active))
+    statements = _list_statements(resource, tuple(embed), active)
 
     def work(conn):
-        where = conditions + _parent_conditions(conn, resource, caller, parent_id)
+        _check_parent(conn, resource, caller, parent_id)
         # A term already known to match more than the limit skips straight to the estimate.
         found = None
         if searching and _cached_estimate(count_key, exact_limit) is None:
-            found = _search_page(conn, table, where, page_size, offset, exact_limit)
+            found = _search_page(conn, statements, bound, page_size, offset, exact_limit)
         if found is not None and found[0] <= exact_limit:
             total, estimated = found[0], False
-            page_ids = select(table.c.id).where(table.c.id.in_(found[1])) if found[1] else None
+            rows = _page(conn, resource, caller, statements.found_page, {**bound, FOUND_IDS: found[1]}) \
+                if found[1] else []
         else:
             # A probe that found more than the limit has counted already: only the estimate is left.
             counted = None if found is None else found[0]
-            total, estimated = _count(conn, table, where, count_key, exact_limit, counted)
-            # The page's ids come from the list index alone (a deep page skips index entries, not
-            # rows), and only those rows are joined to their embeds. Joined first, the planner
-            # hashed every appointment of the organization with its patients before sorting:
-            # 18 ms against 0.7 ms for a page with three embeds at 1,000 appointments.
-            page_ids = select(table.c.id).where(*where).order_by(*newest_first).limit(page_size).offset(offset)
-        rows = [] if page_ids is None else _page(conn, resource, caller, query.select, page_ids, org)
+            total, estimated = _count(conn, statements, bound, count_key, exact_limit, counted)
+            rows = _page(conn, resource, caller, statements.page, {**bound, PAGE_SIZE: page_size, PAGE_OFFSET: offset})
         items = [query.split(row) for row in rows]
         if items:
             _attach_many(conn, resource, caller, items, embed)
@@ -423,12 +506,10 @@ def _read(resource: Resource, work):
     return database.recorded_read(work) if resource.patient_column else database.read(work)
 
 
-def _page(conn, resource: Resource, caller: Caller, rows, page_ids, org: dict) -> list:
-    """The ``rows`` whose id is among ``page_ids``, newest first, and their access row when they
-    show patient data (written before the page goes back to the handler)."""
-    table = resource.table
-    page = conn.execute(rows.where(table.c.id.in_(page_ids)).order_by(table.c.created_at.desc(), table.c.id.desc()),
-                        org).all()
+def _page(conn, resource: Resource, caller: Caller, statement, params: dict) -> list:
+    """The page's rows, and their access row when they show patient data (written before the
+    page goes back to the handler)."""
+    page = conn.execute(statement, params).all()
     if page and resource.patient_column:
         access.record(conn, caller, "list", resource.name, [row._mapping[resource.patient_column] for row in page])
     return page
@@ -444,7 +525,7 @@ def sync_stamp(table: Table):
 
 
 def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_size: int,
-             embed: list[str], where: list, position: tuple[dt.datetime, str]) -> dict:
+             embed: list[str], where: list, bound: dict, position: tuple[dt.datetime, str]) -> dict:
     """One sync page: a keyset range on (stamp, id) of the (org_id, stamp, id) index, up to the
     horizon. ``total`` counts the changes from this position on: a page that is not full holds
     them all; a full one asks the planner, since counting from a point far back walks up to
@@ -456,8 +537,7 @@ def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_
     where = [*where, after, sync.before_horizon(stamp)]
     oldest_first = (stamp.asc(), table.c.id.asc())
     page_ids = select(table.c.id).where(*where).order_by(*oldest_first).limit(page_size)
-    rows = conn.execute(query.select.where(table.c.id.in_(page_ids)).order_by(*oldest_first),
-                        {EMBED_ORG: caller.org_id}).all()
+    rows = conn.execute(query.select.where(table.c.id.in_(page_ids)).order_by(*oldest_first), bound).all()
     if rows and resource.patient_column:
         access.record(conn, caller, "sync", resource.name, [row._mapping[resource.patient_column] for row in rows])
     items = [query.split(row) for row in rows]
@@ -468,12 +548,13 @@ def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_
     if len(items) < page_size:
         total, estimated = len(items), False
     else:
-        total, estimated = max(_planned_rows(conn, table, where), len(items)), True
+        total, estimated = max(_planned_rows(conn, select(sa.literal(1)).select_from(table).where(*where), bound),
+                               len(items)), True
     return {resource.plural: items, "total": total, "total_estimated": estimated,
             "next_cursor": sync.encode_cursor(*position), "has_more": len(items) == page_size}
 
 
-def _search_page(conn, table: Table, where: list, page_size: int, offset: int, limit: int):
+def _search_page(conn, statements: _ListStatements, bound: dict, page_size: int, offset: int, limit: int):
     """(matches counted up to ``limit + 1``, ids of the page) in one statement.
 
     A rare term's matches come from the trigram index, so counting and sorting them in the same
@@ -482,12 +563,8 @@ def _search_page(conn, table: Table, where: list, page_size: int, offset: int, l
     which holds search_text: a common term fills a page within a few hundred index entries).
     None past the last page, where the caller's count says how many there are.
     """
-    matches = select(table.c.id, table.c.created_at).where(*where).limit(limit + 1).subquery()
-    rows = conn.execute(
-        select(func.count().over().label("total"), matches.c.id)
-        .order_by(matches.c.created_at.desc(), matches.c.id.desc())
-        .limit(page_size).offset(offset)
-    ).all()
+    rows = conn.execute(statements.search,
+                        {**bound, COUNT_LIMIT: limit + 1, PAGE_SIZE: page_size, PAGE_OFFSET: offset}).all()
     if not rows:
         return (0, []) if offset == 0 else None
     return rows[0].total, [row.id for row in rows]
@@ -496,25 +573,24 @@ def _search_page(conn, table: Table, where: list, page_size: int, offset: int, l
 ESTIMATE_TTL_S = 30.0
 
 
-def _count(conn, table: Table, where: list, key: tuple, limit: int,
+def _count(conn, statements: _ListStatements, bound: dict, key: tuple, limit: int,
            counted: int | None = None) -> tuple[int, bool]:
     """The number of matching rows: exact up to ``limit``, the planner's estimate beyond.
 
     Counting every row of a large organization costs as much as reading it; past the limit the
     estimate (never below the limit) is what a pager needs, and ``total_estimated`` says so.
     An estimate is kept for 30 s under ``key`` (resource, organization, parent and filter values:
-    what decides ``where``), so paging through a large list does not count it again.
+    what decides the conditions), so paging through a large list does not count it again.
     ``counted``, when given, is a count already capped at ``limit + 1``.
     """
     cached = _cached_estimate(key, limit)
     if cached is not None:
         return cached, True
     if counted is None:
-        capped = select(sa.literal(1)).select_from(table).where(*where).limit(limit + 1).subquery()
-        counted = conn.execute(select(func.count()).select_from(capped)).scalar_one()
+        counted = conn.execute(statements.count, {**bound, COUNT_LIMIT: limit + 1}).scalar_one()
     if counted <= limit:
         return counted, False
-    estimate = max(_planned_rows(conn, table, where), limit + 1)
+    estimate = max(_planned_rows(conn, statements.matching, bound), limit + 1)
     estimates = state.current().count_estimates
     if len(estimates) > 10_000:
         estimates.clear()
@@ -522,10 +598,10 @@ def _count(conn, table: Table, where: list, key: tuple, limit: int,
     return estimate, True
 
 
-def _planned_rows(conn, table: Table, where: list) -> int:
-    """How many rows the planner expects ``where`` to match (one EXPLAIN: planned, not run)."""
-    query = select(sa.literal(1)).select_from(table).where(*where).compile(dialect=conn.dialect)
-    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(query), query.params).scalar_one()
+def _planned_rows(conn, matching, bound: dict) -> int:
+    """How many rows the planner expects ``matching`` to return (one EXPLAIN: planned, not run)."""
+    query = matching.compile(dialect=conn.dialect)
+    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(query), {**query.params, **bound}).scalar_one()
     return int(plan[0]["Plan"]["Plan Rows"])
 
 

@@ -12,8 +12,8 @@ import config
 from errors import ApiError
 from models import accounts, credentials, webhooks
 from models import tables as t
-from models.contract import escape_like
-from models.crud import Reference, Resource
+from models.contract import like_pattern
+from models.crud import Filter, Reference, Resource
 from models.tenancy import same_org, scoped
 from models.tables import PATIENT_INTERNAL, STAFF_SECRETS
 
@@ -22,22 +22,20 @@ CENT = Decimal("0.01")
 
 # --- filter kinds of their own (the standard ones are in models/contract.py) -------------------
 
-def patient_search(table, term: str):
-    # search_text is lower-cased by PostgreSQL; lowering the pattern there too is what ILIKE does.
-    return table.c.search_text.like(func.lower(f"%{escape_like(term)}%"))
+# search_text is lower-cased by PostgreSQL; lowering the pattern there too is what ILIKE does.
+patient_search = Filter(lambda table, pattern: table.c.search_text.like(func.lower(pattern)),
+                        like_pattern)
+
+# At or below its reorder point, or (false) above it.
+low_stock = Filter(lambda table, wanted: (table.c.quantity <= table.c.reorder_point) == wanted)
 
 
-def low_stock(table, wanted: bool):
-    at_or_below = table.c.quantity <= table.c.reorder_point
-    return at_or_below if wanted else ~at_or_below
+def _one_of(value) -> tuple:
+    return ([value],)
 
 
-def has_tag(table, tag: str):
-    return table.c.tags.contains([tag])
-
-
-def has_role(table, role_name: str):
-    return table.c.roles.contains([role_name])
+has_tag = Filter(lambda table, tags: table.c.tags.contains(tags), _one_of)
+has_role = Filter(lambda table, roles: table.c.roles.contains(roles), _one_of)
 
 
 # --- references that must meet a rule ----------------------------------------------------------

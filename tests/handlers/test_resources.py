@@ -131,6 +131,19 @@ def test_appointment_filters(client, world_a):
     assert set(ids_of(client, org, f"/appointments?branchId={org.branch_id}", "appointments")) == {first["id"], second["id"]}
 
 
+def test_a_day_holds_its_first_and_last_microsecond_and_nothing_of_the_next(client, world_a):
+    org = world_a.org
+    # Cancelled, so that one staff member's overlapping slots are allowed.
+    body = {**RESOURCES["appointment"].create(world_a), "status": "cancelled"}
+    made = {at: post(client, org, "/appointments", {**body, "date": at})["id"] for at in (
+        "2026-11-30T23:59:59.999999Z", "2026-12-01T00:00:00Z", "2026-12-01T23:59:59.999999Z",
+        "2026-12-02T00:00:00Z")}
+    assert set(ids_of(client, org, "/appointments?date=2026-12-01", "appointments")) == {
+        made["2026-12-01T00:00:00Z"], made["2026-12-01T23:59:59.999999Z"]}
+    last = post(client, org, "/appointments", {**body, "date": "9999-12-31T23:59:59.999999Z"})["id"]
+    assert ids_of(client, org, "/appointments?date=9999-12-31", "appointments") == [last]
+
+
 def test_transaction_filters(client, world_a):
     org = world_a.org
     body = RESOURCES["transaction"].create(world_a)
