@@ -169,6 +169,7 @@ def password_changed(conn, caller, staff_id: str) -> None:
     """A member's password changed (by themselves or an admin): their sessions end but the
     caller's own, and the audit says so (never the value)."""
     keep = caller.session_id if staff_id == caller.user_id else None
+    sessions.changed(conn, f"staff:{staff_id}")
     ended = sessions.end_all_of(conn, caller.org_id, staff_id, reason="password_changed", keep=keep)
     audit.record(conn, org_id=caller.org_id, user_id=caller.user_id, action="password_change", resource="staff",
                  resource_id=staff_id, after={"sessions_ended": len(ended)}, origin=caller.origin)
@@ -332,6 +333,7 @@ def logout(refresh_token: str, origin: dict) -> None:
 
 def revoke_sessions_of(conn, org_id: str, staff_id: str) -> None:
     """End every session of a staff member (used when the member is deleted)."""
+    sessions.changed(conn, f"staff:{staff_id}")
     sessions.end_all_of(conn, org_id, staff_id, reason="staff_deleted")
 
 
@@ -359,7 +361,10 @@ def grant_role(conn, org_id: str, staff_id: str, role_name: str) -> bool:
         .values(user_id=staff_id, role_id=role_id, org_id=org_id)
         .on_conflict_do_nothing()
     )
-    return inserted.rowcount == 1
+    if inserted.rowcount != 1:
+        return False
+    sessions.changed(conn, f"staff:{staff_id}")
+    return True
 
 
 def _revoke(conn, org_id: str, staff_id: str, role_name: str) -> bool:
@@ -371,7 +376,10 @@ def _revoke(conn, org_id: str, staff_id: str, role_name: str) -> bool:
             user_role.c.role_id == select(role.c.id).where(role.c.name == role_name).scalar_subquery(),
         )
     )
-    return removed.rowcount == 1
+    if removed.rowcount != 1:
+        return False
+    sessions.changed(conn, f"staff:{staff_id}")
+    return True
 
 
 def ensure_another_admin(conn, org_id: str, staff_id: str) -> None:
@@ -438,10 +446,7 @@ def grant(caller, staff_id: str, role_name: str) -> dict:
         if granted:
             after = _roles_of(conn, caller.org_id, staff_id)
             audit.record_for(conn, caller, "grant_role", "staff", staff_id, before=before, after=after)
-    if not granted:
-        return before
-    sessions.changed_here(f"staff:{staff_id}")
-    return after
+    return after if granted else before
 
 
 def revoke(caller, staff_id: str, role_name: str) -> None:
@@ -453,7 +458,6 @@ def revoke(caller, staff_id: str, role_name: str) -> None:
             raise ApiError("NOT_FOUND", f"the staff member does not hold the role {role_name}")
         after = _roles_of(conn, caller.org_id, staff_id)
         audit.record_for(conn, caller, "revoke_role", "staff", staff_id, before=before, after=after)
-    sessions.changed_here(f"staff:{staff_id}")
 
 
 def create_organization(*, name: str, branch_name: str, admin_email: str, admin_password: str,

@@ -232,6 +232,43 @@ def current_engine() -> Engine:
     return current_pools().writer
 
 
+# --- after commit -------------------------------------------------------------------------------
+# Kept on the connection's record (``Connection.info``), which outlives one checkout: moved from
+# waiting to committed by the COMMIT, dropped by a ROLLBACK, run when the connection comes back
+# to the pool, i.e. after the COMMIT has returned and before the request answers.
+_WAITING, _COMMITTED = "after_commit_waiting", "after_commit_committed"
+
+
+def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
+    """Run ``callback`` in this process once ``conn``'s transaction has committed; never if it
+    rolls back. On an autocommit connection the statement has committed already, so it runs when
+    the connection goes back to its pool. A COMMIT that fails still runs it: use it only for what
+    is harmless to do once more, such as dropping a cached entry."""
+    conn.info.setdefault(_WAITING, []).append(callback)
+
+
+def _committing(conn: Connection) -> None:
+    waiting = conn.info.pop(_WAITING, None)
+    if waiting:
+        conn.info.setdefault(_COMMITTED, []).extend(waiting)
+
+
+def _rolling_back(conn: Connection) -> None:
+    # An invalidated connection (a statement cut at its deadline, a server gone) cannot be asked
+    # for its info without reconnecting. What it held may then run at a later check-in, which
+    # only drops cached entries once more.
+    if not conn.invalidated:
+        conn.info.pop(_WAITING, None)
+
+
+def _checked_in(_dbapi_connection, record) -> None:
+    if record is None:
+        return
+    for key in (_COMMITTED, _WAITING):  # waiting here: an autocommit statement, committed by itself
+        for callback in record.info.pop(key, ()):
+            callback()
+
+
 @contextlib.contextmanager
 def single_statement() -> Iterator[Connection]:
     """A writer connection in autocommit mode, for a write that is one statement: atomic by
@@ -544,6 +581,9 @@ def create_pools(url: str, settings: Settings) -> Pools:
         sa.event.listen(pools.writer, "before_cursor_execute", _commit_without_flush_wait, retval=True)
     # A connection that died with a database restart is replaced before a write sees it.
     sa.event.listen(pools.writer, "checkout", _closed_by_server_check(pools.writer.dialect))
+    sa.event.listen(pools.writer, "commit", _committing)
+    sa.event.listen(pools.writer, "rollback", _rolling_back)
+    sa.event.listen(pools.writer, "checkin", _checked_in)
     for _name, engine in pools.named():
         deadline.track(engine)  # a frozen server (a replica too) cannot hold a request past its deadline
     return pools

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 import config
 from errors import ApiError
-from models import audit
+from models import audit, sessions
 from models.database import current_engine
 from models.tables import mfa_challenge, mfa_recovery_code, organization, staff, staff_mfa
 from models.tenancy import own_organization, same_org, scoped
@@ -77,6 +77,7 @@ def confirm_enrolment(caller, code: str) -> dict:
                            "The code does not match the secret (check the device's clock)", field="code")
         conn.execute(staff_mfa.update().where(staff_mfa.c.staff_id == caller.user_id)
                      .values(confirmed_at=func.now(), last_used_step=step))
+        sessions.changed(conn, f"staff:{caller.user_id}")  # a role that requires it grants its scopes now
         codes = _new_recovery_codes(conn, caller.org_id, caller.user_id)
         audit.record_for(conn, caller, "mfa_enabled", "staff", caller.user_id)
     return {"recovery_codes": codes}
@@ -204,6 +205,7 @@ def reset(caller, staff_id: str) -> None:
             raise ApiError("NOT_FOUND", "staff not found")
         had = conn.execute(staff_mfa.delete().where(staff_mfa.c.staff_id == staff_id,
                                                     *scoped(staff_mfa, caller.org_id))).rowcount
+        sessions.changed(conn, f"staff:{staff_id}")  # a role that requires it grants nothing until they enrol
         for table in (mfa_recovery_code, mfa_challenge):
             conn.execute(table.delete().where(table.c.staff_id == staff_id, *scoped(table, caller.org_id)))
         audit.record_for(conn, caller, "mfa_reset", "staff", staff_id, after={"was_enrolled": bool(had)})

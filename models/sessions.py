@@ -272,14 +272,16 @@ class SessionCache:
 
 # --- the sessions of a member ---------------------------------------------------------------
 
-def changed_here(payload: str) -> None:
-    """After this worker commits a change to someone's access (a payload as ``auth_change`` carries
-    it): its own next request must see it. The commit's notification reaches this worker's listener
-    a moment later, and a client that asks again at once would otherwise be answered by the old
-    standing. Other workers hear the notification as usual."""
+def changed(conn, payload: str) -> None:
+    """``conn``'s transaction changes someone's access (``payload`` as ``auth_change`` carries it):
+    once it commits, this worker's own cache drops what it names. The commit's notification reaches
+    this worker's listener a moment later, and a client that asks again at once would otherwise be
+    answered by the old standing. Other workers hear the notification as usual. Every statement
+    that changes what a standing holds (a session's end, a member's roles, password, deletion or
+    second factor) calls this beside it."""
     cache = state.current().sessions
     if cache is not None:
-        cache.apply(payload)
+        database.after_commit(conn, lambda: cache.apply(payload))
 
 
 def open_session(conn, member, origin: dict) -> str:
@@ -309,6 +311,8 @@ def end(conn, *conditions, reason: str) -> list[str]:
         auth_session.update().where(auth_session.c.ended_at.is_(None), *conditions)
         .values(ended_at=func.now(), end_reason=reason).returning(auth_session.c.id)
     ).scalars().all()
+    for sid in ended:
+        changed(conn, f"session:{sid}")
     if ended:
         conn.execute(
             refresh_token_row.update()

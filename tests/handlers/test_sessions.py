@@ -8,6 +8,7 @@ import time
 import uuid
 
 import jwt
+import pytest
 import sqlalchemy as sa
 
 from tests.conftest import PASSWORD, error_of
@@ -126,25 +127,66 @@ def test_a_role_taken_away_takes_its_scopes_from_the_token(client, org_a):
     assert client.get("/patients", headers=_bearer(tokens)).status_code == 200  # the nurse's scopes stay
 
 
-def test_a_role_taken_away_holds_at_once_on_the_worker_that_took_it(app, client, org_a, monkeypatch):
-    """The worker that commits a role change must not wait for its own notification: with the
-    notifications kept from this worker and its cached standings trusted, the next request is
-    still refused."""
+# Each change to a member's access, made by the admin (or the member) on this worker: (what it
+# does, the path it takes away, the status that path answers afterwards).
+_ACCESS_CHANGES = {
+    "a role revoked": (lambda client, org, member, tokens: client.delete(
+        f"/staff/{member['id']}/roles/accountant", headers=org.headers), "/transactions", 403),
+    "the staff record's role changed": (lambda client, org, member, tokens: client.patch(
+        f"/staff/{member['id']}", json={"role": "nurse"}, headers=org.headers), "/transactions", 403),
+    "the password reset by an admin": (lambda client, org, member, tokens: client.patch(
+        f"/staff/{member['id']}", json={"password": "another-password-42"}, headers=org.headers), "/auth/me", 401),
+    "the member deleted": (lambda client, org, member, tokens: client.delete(
+        f"/staff/{member['id']}", headers=org.headers), "/auth/me", 401),
+    "the sessions ended by an admin": (lambda client, org, member, tokens: client.delete(
+        f"/staff/{member['id']}/sessions", headers=org.headers), "/auth/me", 401),
+    "a logout": (lambda client, org, member, tokens: client.post(
+        "/auth/logout", json={"refresh_token": tokens["refresh_token"]}), "/auth/me", 401),
+}
+
+
+@pytest.mark.parametrize("change", list(_ACCESS_CHANGES))
+def test_a_change_of_access_holds_at_once_on_the_worker_that_made_it(app, client, org_a, monkeypatch, change):
+    """The worker that commits a change to someone's access must not wait for its own
+    notification: with the notifications kept from this worker and its cached standings
+    trusted, the next request is already refused."""
     import threading
 
     from models import sessions
 
+    act, path, status = _ACCESS_CHANGES[change]
     cache = app.state.sessions
     heard = cache.apply
     monkeypatch.setattr(cache, "apply", lambda payload: None if threading.current_thread() is cache._thread
                         else heard(payload))
-    member = staff_member(client, org_a, role="nurse")
-    assert client.post(f"/staff/{member['id']}/roles", json={"role": "accountant"}, headers=org_a.headers).status_code == 200
+    member = staff_member(client, org_a, role="accountant")
     tokens = _login(client, member["email"])
-    assert client.get("/transactions", headers=_bearer(tokens)).status_code == 200
+    assert client.get(path, headers=_bearer(tokens)).status_code == 200
     monkeypatch.setattr(sessions.SessionCache, "_trusted", lambda self, entry, now: True)
-    assert client.delete(f"/staff/{member['id']}/roles/accountant", headers=org_a.headers).status_code == 204
-    assert client.get("/transactions", headers=_bearer(tokens)).status_code == 403
+    assert act(client, org_a, member, tokens).status_code in (200, 204)
+    assert client.get(path, headers=_bearer(tokens)).status_code == status
+
+
+def test_after_commit_runs_once_committed_and_never_after_a_rollback(app):
+    """What ``sessions.changed`` rests on: the callback waits for the COMMIT, a ROLLBACK drops it,
+    and nothing is left on the connection for its next use."""
+    from models import database
+
+    writer = app.state.pools.writer
+    ran = []
+    with pytest.raises(RuntimeError), writer.begin() as conn:
+        conn.execute(sa.text("SELECT 1"))
+        database.after_commit(conn, lambda: ran.append("rolled back"))
+        raise RuntimeError("the change is refused")
+    with writer.begin() as conn:
+        database.after_commit(conn, lambda: ran.append("committed"))
+        conn.execute(sa.text("SELECT 1"))
+        assert ran == []
+    assert ran == ["committed"]
+    for _ in range(3):  # the pool hands the same connections out again
+        with writer.begin() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    assert ran == ["committed"]
 
 
 def test_a_refresh_sent_twice_gets_two_valid_pairs(client, org_a):
