@@ -25,10 +25,17 @@ def _code(secret: str, steps_ahead: int = 0) -> str:
     return pyotp.TOTP(secret).at(time.time() + 30 * steps_ahead)
 
 
+# secret -> the code that confirmed its enrolment (a replay must send that code, not the code of
+# whatever step the clock has reached since).
+_CONFIRMED_WITH: dict[str, str] = {}
+
+
 def _enrolled(client, headers) -> tuple[str, list[str]]:
     secret = client.post("/auth/mfa/totp", headers=headers).json()["data"]["secret"]
-    confirmed = client.post("/auth/mfa/totp/confirm", json={"code": _code(secret)}, headers=headers)
+    code = _code(secret)
+    confirmed = client.post("/auth/mfa/totp/confirm", json={"code": code}, headers=headers)
     assert confirmed.status_code == 200, confirmed.text
+    _CONFIRMED_WITH[secret] = code
     return secret, confirmed.json()["data"]["recovery_codes"]
 
 
@@ -80,7 +87,8 @@ def test_login_takes_two_steps_and_each_code_works_once(client, org_a, engine):
     assert challenge["mfa_required"] is True and challenge["expires_in"] == 300
     assert "access_token" not in challenge
     # The code that confirmed the enrolment was used: a thief who saw it gets nothing.
-    replay = client.post("/auth/mfa/verify", json={"mfa_token": challenge["mfa_token"], "code": _code(secret)})
+    replay = client.post("/auth/mfa/verify", json={"mfa_token": challenge["mfa_token"],
+                                                    "code": _CONFIRMED_WITH[secret]})
     assert replay.status_code == 401 and error_of(replay)["code"] == "INVALID_MFA_CODE"
     verified = client.post("/auth/mfa/verify", json={"mfa_token": challenge["mfa_token"], "code": _code(secret, 1)})
     assert verified.status_code == 200, verified.text
