@@ -175,9 +175,38 @@ def check_body(validator, body: t.Any) -> None:
 
 
 def parameter_problem(validator, value: t.Any) -> str | None:
-    """What is wrong with one parameter's value, or None."""
+    """What is wrong with one parameter's value, or None.
+
+    A value once accepted by a schema is accepted again without validating it: a verdict depends
+    on the schema and the value alone, and the same few values come back on every request (a page
+    number, a page size, an embed list), each costing jsonschema's descent through the schema."""
+    key = _verdict_key(validator, value)
+    if key is not None and _accepted.get(key) is validator:
+        return None
     error = best_match(validator.iter_errors(value))
-    return error.message if error is not None else None
+    if error is not None:
+        return error.message
+    if key is not None:
+        if len(_accepted) >= _ACCEPTED_KEPT:
+            _accepted.clear()
+        _accepted[key] = validator
+    return None
+
+
+# (validator's id, value's type, value) -> the validator, for values it accepted; bounded, since
+# clients choose the values. The validator is held so that its id is never another's.
+_accepted: dict[tuple, t.Any] = {}
+_ACCEPTED_KEPT = 4096
+_SCALARS = (str, int, float, bool)
+
+
+def _verdict_key(validator, value: t.Any) -> tuple | None:
+    # The type is part of the key: True == 1 and 1 == 1.0 are equal keys, not equal instances.
+    if type(value) in _SCALARS:
+        return id(validator), type(value), value
+    if type(value) is list and all(type(item) in _SCALARS for item in value):
+        return id(validator), list, tuple((type(item), item) for item in value)
+    return None
 
 
 def refuse_nul_parameters(query_params) -> None:
