@@ -16,6 +16,7 @@ import datetime
 import decimal
 import json
 import os
+import threading
 
 import psycopg2
 from flask import Flask, Response, request
@@ -49,9 +50,12 @@ def create_app(dsn: str | None = None, org_id: str | None = None,
                application_name: str = "bench-baseline") -> Flask:
     dsn = dsn or os.environ["BASELINE_DATABASE_URL"]
     org_id = org_id or os.environ["BASELINE_ORG_ID"]
-    size = int(os.environ.get("BASELINE_POOL_SIZE", "1"))  # = threads per worker
+    size = int(os.environ.get("BASELINE_POOL_SIZE", "1"))
     app = Flask(__name__)
     pool: list[ThreadedConnectionPool] = []
+    # More threads than connections wait for one, as an application's pool makes them wait
+    # (psycopg2's pool raises instead).
+    free = threading.BoundedSemaphore(size)
 
     def connection():
         # Created on first use, i.e. in the worker after gunicorn forked; every connection kept
@@ -64,13 +68,14 @@ def create_app(dsn: str | None = None, org_id: str | None = None,
         return conn
 
     def run(sql: str, params) -> dict | None:
-        conn = connection()
-        try:
-            with conn.cursor(cursor_factory=RealDictCursor) as cur:
-                cur.execute(sql, params)
-                return cur.fetchone()
-        finally:
-            pool[0].putconn(conn)
+        with free:
+            conn = connection()
+            try:
+                with conn.cursor(cursor_factory=RealDictCursor) as cur:
+                    cur.execute(sql, params)
+                    return cur.fetchone()
+            finally:
+                pool[0].putconn(conn)
 
     @app.get("/health")
     def health():

@@ -315,8 +315,9 @@ def start_stack_floor(url: str, opts: Options, org_id: str) -> Server:
     """connexion and Flask in front of the baseline's handler, served as the API is (stack_floor.py)."""
     port = free_port()
     env = dict(os.environ)
-    # connexion runs Flask on a2wsgi's thread pool (10 threads): a connection for each.
-    env.update({"BASELINE_DATABASE_URL": url, "BASELINE_ORG_ID": org_id, "BASELINE_POOL_SIZE": "10"})
+    # connexion runs Flask on a2wsgi's thread pool (10 threads), which wait for one of 2 connections
+    # per worker: kept open for the whole run, more would crowd out the other servers' pools.
+    env.update({"BASELINE_DATABASE_URL": url, "BASELINE_ORG_ID": org_id, "BASELINE_POOL_SIZE": "2"})
     command = [
         str(BIN / "gunicorn"), "--chdir", str(BENCH_DIR), "--bind", f"127.0.0.1:{port}",
         "--workers", str(opts.workers), "--worker-class", "uvicorn_worker.UvicornWorker",
