@@ -384,10 +384,15 @@ def _check_parent(conn, resource: Resource, caller: Caller, parent_id: str | Non
         raise ApiError("NOT_FOUND", f"{parent_table.name} not found")
 
 
+def _parent_condition(resource: Resource, parent_id):
+    """The condition that keeps a sub-resource's statement to one parent's rows."""
+    return resource.table.c[resource.parent[0]] == parent_id
+
+
 def _parent_conditions(conn, resource: Resource, caller: Caller, parent_id: str | None) -> list:
     """``_check_parent``, then the condition that keeps a statement to that parent's rows."""
     _check_parent(conn, resource, caller, parent_id)
-    return [] if resource.parent is None else [resource.table.c[resource.parent[0]] == parent_id]
+    return [] if resource.parent is None else [_parent_condition(resource, parent_id)]
 
 
 # Bind parameters of the list statements, besides EMBED_ORG and each filter's own.
@@ -401,8 +406,13 @@ def _where(resource: Resource, active: tuple[str, ...], *, deleted_too: bool = F
     where = scoped(table, sa.bindparam(EMBED_ORG), deleted_too=deleted_too)
     where += [resource.filters[name].clause(table, name) for name in active]
     if resource.parent is not None:
-        where.append(table.c[resource.parent[0]] == sa.bindparam(PARENT_ID))
+        where.append(_parent_condition(resource, sa.bindparam(PARENT_ID)))
     return where
+
+
+def _matching(table: Table, where: list):
+    """SELECT 1 of every row ``where`` matches: what the planner's estimate is asked about."""
+    return select(sa.literal(1)).select_from(table).where(*where)
 
 
 @dataclass(frozen=True)
@@ -442,7 +452,7 @@ def _build_list_statements(resource: Resource, embed: tuple[str, ...], active: t
         search=(select(func.count().over().label("total"), matches.c.id)
                 .order_by(matches.c.created_at.desc(), matches.c.id.desc())
                 .limit(sa.bindparam(PAGE_SIZE)).offset(sa.bindparam(PAGE_OFFSET))),
-        matching=select(sa.literal(1)).select_from(table).where(*where),
+        matching=_matching(table, where),
     )
 
 
@@ -548,8 +558,7 @@ def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_
     if len(items) < page_size:
         total, estimated = len(items), False
     else:
-        total, estimated = max(_planned_rows(conn, select(sa.literal(1)).select_from(table).where(*where), bound),
-                               len(items)), True
+        total, estimated = max(_planned_rows(conn, _matching(table, where), bound), len(items)), True
     return {resource.plural: items, "total": total, "total_estimated": estimated,
             "next_cursor": sync.encode_cursor(*position), "has_more": len(items) == page_size}
 
