@@ -202,6 +202,8 @@ def _serve(settings, url) -> None:
             deliveries.wait(30)
         if limits_host is not None:
             limits_host.stop()
+        if settings.prometheus_multiproc_dir:
+            config.forget_shared_metrics(settings)
 
 
 def _gunicorn(settings, url) -> None:

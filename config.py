@@ -346,14 +346,52 @@ def share_metrics_between_workers(settings: Settings) -> Settings:
     """Before forking workers: point prometheus_client at a folder of per-process files.
 
     prometheus_client reads PROMETHEUS_MULTIPROC_DIR when it is first imported, so the variable
-    must be in the environment the workers inherit; stale files of a previous run are removed.
+    must be in the environment the workers inherit. Unless the operator names the folder, each
+    instance gets one of its own under ``DATA_DIR/metrics`` (two instances from one data
+    directory would otherwise count into, and clear, each other's files); folders of instances
+    no longer running are removed. A named folder is cleared of a previous run's files.
     """
-    path = Path(settings.prometheus_multiproc_dir or settings.data_dir / "metrics")
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink()
+    if settings.prometheus_multiproc_dir:
+        path = Path(settings.prometheus_multiproc_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    else:
+        shared = settings.data_dir / "metrics"
+        shared.mkdir(parents=True, exist_ok=True)
+        for stale in shared.iterdir():
+            if stale.is_file() or (stale.name.isdigit() and not _running(int(stale.name))):
+                _remove(stale)
+        path = shared / str(os.getpid())
+        path.mkdir(exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return replace(settings, prometheus_multiproc_dir=str(path))
+
+
+def forget_shared_metrics(settings: Settings) -> None:
+    """When the instance stops: its own folder under ``DATA_DIR/metrics`` goes with it."""
+    path = Path(settings.prometheus_multiproc_dir)
+    if path.parent == settings.data_dir / "metrics" and path.name == str(os.getpid()):
+        _remove(path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def child_environment(**overrides: str) -> dict[str, str]:

@@ -26,9 +26,9 @@ IN_PROGRESS = Gauge("http_requests_in_progress", "Requests being answered now", 
                     multiprocess_mode="livesum")
 DB_POOL = Gauge("db_pool_connections", "Database pool connections by pool and state", ["pool", "state"],
                 multiprocess_mode="livesum")
-# Set by each worker's database probe (models/database.py) once a second, traffic or not. An
-# instance shows the worst of its workers' views.
-DB_UP = Gauge("db_up", "1 when the database server answered this instance's last probe, else 0", ["server"],
+# Set by each worker's database probe (models/database.py) once a second, traffic or not, and by a
+# read that finds a replica gone. An instance shows the worst of its workers' views.
+DB_UP = Gauge("db_up", "1 when the database server answered this instance's last look, else 0", ["server"],
               multiprocess_mode="livemin")
 # REPLICA_MAX_LAG_SECONDS, so that the lagging alert (ops/prometheus-alerts.yml) follows the setting.
 DB_REPLICA_MAX_LAG = Gauge("db_replica_max_lag_seconds", "How far behind a replica may be and still serve reads "

@@ -203,6 +203,13 @@ class Pools:
         lag = health.lag_at(now)
         return lag is not None and lag <= self.max_lag_seconds
 
+    def lost(self, replica: "Replica") -> None:
+        """A read found ``replica`` unable to serve: it is down, in routing, /ready and the metrics
+        alike, until the probe sees it answer again."""
+        replica.health = Health(up=False, checked_at=time.monotonic())
+        if self.probe is not None:
+            self.probe.report(replica.name, replica.health)
+
     def named(self) -> list[tuple[str, Engine]]:
         """Every pool by the name /metrics gives it."""
         return [("writer", self.writer), ("reader", self.reader),
@@ -331,7 +338,7 @@ def read(work: Callable[[Connection], T], *, on_primary: bool = False) -> T:
             except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
                 if not _replica_cannot_serve(exc):
                     raise
-                replica.health = Health(up=False, checked_at=time.monotonic())
+                pools.lost(replica)
                 log.warning("%s failed a read, the primary serves it: %s", replica.name,
                             " ".join(str(getattr(exc, "orig", exc)).split()))
     try:

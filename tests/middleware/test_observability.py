@@ -96,9 +96,53 @@ def test_metrics_add_up_across_gunicorn_workers(database_url, tmp_path):
         assert scrapes == {40.0}
         # One file per gunicorn worker, and the webhook delivery worker's: its counts join the API's.
         deadline = time.monotonic() + 15
-        while len(files := list((tmp_path / "metrics").glob("counter_*.db"))) < 3 and time.monotonic() < deadline:
+        own = tmp_path / "metrics" / str(server.pid)  # the instance's own folder
+        while len(files := list(own.glob("counter_*.db"))) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert len(files) == 3
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_two_instances_in_one_data_directory_keep_their_own_metrics(database_url, tmp_path):
+    """A second ``clinic-api serve`` from the same DATA_DIR neither clears nor adds to the first's
+    counts; an instance's folder goes when it stops, and a dead instance's at the next start."""
+    import signal
+
+    import httpx
+
+    from tests.conftest import spawn_server
+
+    token = "scrape-token-0123456789abcdef"
+    options = dict(production=True, APP_ENV="production", WEB_CONCURRENCY="2", WEBHOOK_WORKER="false",
+                   DATA_DIR=str(tmp_path), PROMETHEUS_MULTIPROC_DIR="", METRICS_TOKEN=token)
+    scrape = {"Authorization": f"Bearer {token}"}
+
+    def unmatched(base):
+        return {metric_value(httpx.get(f"{base}/metrics", headers=scrape).text, "http_requests_total",
+                             method="GET", route="unmatched", status="404") for _ in range(4)}
+
+    dead = tmp_path / "metrics" / "999999999"  # no such process: left by an instance that was killed
+    dead.mkdir(parents=True)
+    (dead / "counter_1.db").write_bytes(b"")
+    first, first_base = spawn_server(database_url, **options)
+    second = None
+    try:
+        for _ in range(10):
+            httpx.get(f"{first_base}/no-such-route")
+        assert not dead.exists()
+        second, second_base = spawn_server(database_url, **options)
+        for _ in range(3):
+            httpx.get(f"{second_base}/no-such-route")
+        assert unmatched(first_base) == {10.0}
+        assert unmatched(second_base) == {3.0}
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+        assert not (tmp_path / "metrics" / str(second.pid)).exists()
+        assert unmatched(first_base) == {10.0}
+    finally:
+        for server in (first, second):
+            if server is not None and server.poll() is None:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)
