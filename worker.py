@@ -8,7 +8,8 @@ recorded by one statement. A worker killed mid-delivery records nothing: when it
 the delivery is claimed again, with the same webhook-id, by whichever worker comes next. Several
 workers (threads or processes, on any number of hosts) share the queue without coordinating.
 
-Threads wake on ``LISTEN webhook_delivery`` (a trigger notifies at commit) and poll every
+Threads wake on ``LISTEN webhook_delivery`` (a trigger notifies at commit, unless a worker has
+just found deliveries and so claims again within GATHER_S anyway) and poll every
 WEBHOOK_POLL_INTERVAL_MS as well, so deliveries keep flowing when the listening connection is
 lost or cannot work (PgBouncer in transaction mode forwards no notifications). One more thread
 deletes deliveries older than WEBHOOK_DELIVERY_RETENTION_DAYS, in small batches.
@@ -244,7 +245,8 @@ class DeliveryWorker:
     def deliver_next(self, transport: httpx.HTTPTransport) -> int:
         """Claim, send and record one batch of due deliveries: how many were claimed."""
         with self.engine.begin() as conn:
-            token, claims = webhooks.claim(conn, limit=BATCH_SIZE, lease_s=lease_s())
+            token, claims = webhooks.claim(conn, limit=BATCH_SIZE, lease_s=lease_s(),
+                                           promise_s=GATHER_S + PROMISE_SLACK_S)
         if not claims:
             return 0
         self.wakeup.promise(time.monotonic() + GATHER_S + PROMISE_SLACK_S)

@@ -414,3 +414,12 @@ mfa_challenge = Table(
     _ts("used_at"),
     _ts("created_at", nullable=False, default=NOW),
 )
+
+# Until when a delivery worker that has just found deliveries claims again: commits before then
+# need not wake one (sql/0030). One row, internal.
+webhook_worker_awake = Table(
+    "webhook_worker_awake", metadata,
+    Column("id", Boolean, primary_key=True, server_default=text("true")),
+    _ts("awake_until", nullable=False),
+    prefixes=["UNLOGGED"],
+)

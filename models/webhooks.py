@@ -226,7 +226,16 @@ _CLAIM = sa.text("""
                             AND earlier.event_id < d.event_id)
        ORDER BY d.next_attempt_at
        LIMIT :limit
-         FOR UPDATE OF d SKIP LOCKED)
+         FOR UPDATE OF d SKIP LOCKED),
+    -- Commits until this worker's next claim wake no worker (sql/0030); one that finds nothing
+    -- withdraws the promise.
+    awake AS (
+      INSERT INTO webhook_worker_awake AS w (id, awake_until)
+      SELECT true, CASE WHEN EXISTS (SELECT 1 FROM due) THEN now() + make_interval(secs => :promise_s) ELSE now() END
+      ON CONFLICT (id) DO UPDATE
+         SET awake_until = CASE WHEN EXISTS (SELECT 1 FROM due) THEN greatest(w.awake_until, excluded.awake_until)
+                                ELSE excluded.awake_until END
+       WHERE EXISTS (SELECT 1 FROM due) OR w.awake_until > now())
     UPDATE webhook_delivery d
        SET locked_until = now() + make_interval(secs => :lease_s), lease_token = :token
       FROM due, webhook_subscription s, outbox_event e
@@ -238,13 +247,17 @@ _CLAIM = sa.text("""
 """)
 
 
-def claim(conn, *, limit: int, lease_s: float) -> tuple[str, list[Claim]]:
+def claim(conn, *, limit: int, lease_s: float, promise_s: float = 0.0) -> tuple[str, list[Claim]]:
     """Lease up to ``limit`` due deliveries for ``lease_s`` seconds, oldest due first: (the
     lease's token, the claims). Commit at once: the lease, not a transaction, keeps them while
     they are sent, and a worker that dies leaves them to be claimed again, with the same
-    webhook-id and no attempt counted, when the lease runs out."""
+    webhook-id and no attempt counted, when the lease runs out.
+
+    ``promise_s``: when it claims anything, the worker claims again within that time, and the
+    deliveries committed meanwhile notify no one."""
     token = str(uuid.uuid4())
-    rows = conn.execute(_CLAIM, {"limit": limit, "lease_s": lease_s, "token": token}).mappings().all()
+    rows = conn.execute(_CLAIM, {"limit": limit, "lease_s": lease_s, "token": token,
+                                 "promise_s": promise_s}).mappings().all()
     claims = []
     for row in sorted(rows, key=lambda r: (r["next_attempt_at"], r["event_id"])):  # RETURNING has no order
         keys = (row["secret"],) + ((row["previous_secret"],)

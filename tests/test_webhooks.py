@@ -580,3 +580,50 @@ def test_old_deliveries_and_the_events_they_leave_are_pruned_in_batches(
                                    {"ids": patients}).all())
     # P0's event lost its last delivery and went with it; every other event is still referred to.
     assert set(events) == set(patients[1:])
+
+
+def test_no_worker_is_woken_while_one_has_promised_to_claim_again(client, org_a, receiver, engine, database_url):
+    """A delivery's commit notifies the listening workers, except while a worker that has just
+    found deliveries will claim again anyway; a claim that finds nothing, or a promise not kept
+    in time, lets the next commit notify again (sql/0030)."""
+    import select
+
+    import psycopg2
+
+    from models import webhooks
+
+    listener = psycopg2.connect(database_url)
+    listener.autocommit = True
+    listener.cursor().execute("LISTEN webhook_delivery")
+
+    def notified(within: float = 2.0) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            select.select([listener], [], [], 0.05)
+            listener.poll()
+            if listener.notifies:
+                listener.notifies.clear()
+                return True
+        return False
+
+    def claimed(promise_s: float) -> int:
+        with engine.begin() as conn:
+            return len(webhooks.claim(conn, limit=50, lease_s=30, promise_s=promise_s)[1])
+
+    try:
+        subscribe(client, org_a, receiver.url)
+        create_patient(client, org_a, "first")
+        assert notified()
+        assert claimed(promise_s=30) == 1
+        create_patient(client, org_a, "second")
+        assert not notified(0.5)  # the worker that claimed the first claims this one with its next
+        assert claimed(promise_s=30) == 1
+        assert claimed(promise_s=30) == 0  # nothing due: the promise is withdrawn
+        create_patient(client, org_a, "third")
+        assert notified()
+        assert claimed(promise_s=0.3) == 1
+        time.sleep(0.4)  # the worker never came back in time
+        create_patient(client, org_a, "fourth")
+        assert notified()
+    finally:
+        listener.close()
