@@ -477,8 +477,7 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
 
         def sync_page(conn):
             _check_parent(conn, resource, caller, parent_id)
-            return _changes(conn, resource, caller, query, page_size, embed,
-                            _where(resource, active, deleted_too=True), bound, position)
+            return _changes(conn, resource, caller, query, page_size, embed, active, bound, position)
         # On the primary: a sync page of patient data writes its access row, and the horizon is
         # the primary's open transactions.
         return database.recorded_read(sync_page)
@@ -534,20 +533,45 @@ def sync_stamp(table: Table):
 
 
 
+# Bind parameters of the sync statements: the position a page starts after.
+SYNC_STAMP, SYNC_ID = "sync_stamp", "sync_id"
+
+
+@dataclass(frozen=True)
+class _SyncStatements:
+    """A sync's statements for one shape (embeds asked for, filters sent), built once."""
+
+    page: Any       # the page's rows, oldest change first (SYNC_STAMP, SYNC_ID, PAGE_SIZE)
+    matching: Any   # SELECT 1 of every change from the position on, for the planner's estimate
+
+
+def _sync_statements(resource: Resource, embed: tuple[str, ...], active: tuple[str, ...]) -> _SyncStatements:
+    return resource.statement(("sync", embed, active), lambda: _build_sync_statements(resource, embed, active))
+
+
+def _build_sync_statements(resource: Resource, embed: tuple[str, ...], active: tuple[str, ...]) -> _SyncStatements:
+    table = resource.table
+    stamp = sync_stamp(table)
+    after = sa.tuple_(stamp, table.c.id) > sa.tuple_(sa.bindparam(SYNC_STAMP, type_=stamp.type),
+                                                    sa.cast(sa.bindparam(SYNC_ID), table.c.id.type))
+    where = [*_where(resource, active, deleted_too=True), after, sync.before_horizon(stamp)]
+    oldest_first = (stamp.asc(), table.c.id.asc())
+    page_ids = select(table.c.id).where(*where).order_by(*oldest_first).limit(sa.bindparam(PAGE_SIZE))
+    rows = _select_with_embeds(resource, list(embed)).select
+    return _SyncStatements(page=rows.where(table.c.id.in_(page_ids)).order_by(*oldest_first),
+                           matching=_matching(table, where))
+
+
 def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_size: int,
-             embed: list[str], where: list, bound: dict, position: tuple[dt.datetime, str]) -> dict:
+             embed: list[str], active: tuple[str, ...], bound: dict, position: tuple[dt.datetime, str]) -> dict:
     """One sync page: a keyset range on (stamp, id) of the (org_id, stamp, id) index, up to the
     horizon. ``total`` counts the changes from this position on: a page that is not full holds
     them all; a full one asks the planner, since counting from a point far back walks up to
     COUNT_EXACT_LIMIT index entries, which cost more than the page (decision record)."""
-    table = resource.table
-    stamp = sync_stamp(table)
-    after = sa.tuple_(stamp, table.c.id) > sa.tuple_(sa.literal(position[0], stamp.type),
-                                                    sa.cast(position[1], table.c.id.type))
-    where = [*where, after, sync.before_horizon(stamp)]
-    oldest_first = (stamp.asc(), table.c.id.asc())
-    page_ids = select(table.c.id).where(*where).order_by(*oldest_first).limit(page_size)
-    rows = conn.execute(query.select.where(table.c.id.in_(page_ids)).order_by(*oldest_first), bound).all()
+    statements = _sync_statements(resource, tuple(embed), active)
+    stamp = sync_stamp(resource.table)
+    bound = {**bound, SYNC_STAMP: position[0], SYNC_ID: position[1]}
+    rows = conn.execute(statements.page, {**bound, PAGE_SIZE: page_size}).all()
     if rows and resource.patient_column:
         access.record(conn, caller, "sync", resource.name, [row._mapping[resource.patient_column] for row in rows])
     items = [query.split(row) for row in rows]
@@ -558,7 +582,7 @@ def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_
     if len(items) < page_size:
         total, estimated = len(items), False
     else:
-        total, estimated = max(_planned_rows(conn, _matching(table, where), bound), len(items)), True
+        total, estimated = max(_planned_rows(conn, statements.matching, bound), len(items)), True
     return {resource.plural: items, "total": total, "total_estimated": estimated,
             "next_cursor": sync.encode_cursor(*position), "has_more": len(items) == page_size}
 
@@ -609,9 +633,22 @@ def _count(conn, statements: _ListStatements, bound: dict, key: tuple, limit: in
 
 def _planned_rows(conn, matching, bound: dict) -> int:
     """How many rows the planner expects ``matching`` to return (one EXPLAIN: planned, not run)."""
-    query = matching.compile(dialect=conn.dialect)
-    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(query), {**query.params, **bound}).scalar_one()
+    explain, defaults = _explained(matching, conn.dialect)
+    plan = conn.exec_driver_sql(explain, {**defaults, **bound}).scalar_one()
     return int(plan[0]["Plan"]["Plan Rows"])
+
+
+# EXPLAIN's text of each statement a planner is asked about, compiled once; each key is held with
+# its statement, so that an id is never reused for another.
+_explains: dict[int, tuple[Any, str, dict]] = {}
+
+
+def _explained(matching, dialect) -> tuple[str, dict]:
+    cached = _explains.get(id(matching))
+    if cached is None or cached[0] is not matching:
+        query = matching.compile(dialect=dialect)
+        cached = _explains[id(matching)] = (matching, "EXPLAIN (FORMAT JSON) " + str(query), dict(query.params))
+    return cached[1], cached[2]
 
 
 def _cached_estimate(key: tuple, limit: int) -> int | None:
