@@ -60,4 +60,5 @@ bench: $(STAMP) ## Benchmark the API beside a FastAPI peer, a Starlette floor an
 bench-smoke: $(STAMP) ## The same benchmark at 10,000 patients, 2 rounds of 1 s per scenario (2-3 minutes)
 	@$(BENCH_WRK)
 	BENCH_PATIENTS=10000 BENCH_DURATION=1 BENCH_ROUNDS=2 BENCH_LATENCY_DURATION=1 BENCH_SQL_SAMPLES=20 \
+	  BENCH_WEBHOOK_SAMPLES=10 \
 	  $(BIN)/python bench/run.py

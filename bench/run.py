@@ -90,6 +90,8 @@ class Options:
     latency_duration: int
     scale_patients: int  # the small database the 2x latency comparison runs against (0: off)
     rounds: int  # each scenario is run this many times on every server, the servers interleaved
+    webhook_duration: int  # each create run of the webhook measurement (0: it is skipped)
+    webhook_samples: int  # sequential creates timed from answer to delivery
 
     @classmethod
     def from_env(cls) -> "Options":
@@ -109,6 +111,8 @@ class Options:
             latency_duration=_int_env("BENCH_LATENCY_DURATION", max(2, duration // 4)),
             scale_patients=_int_env("BENCH_SCALE_PATIENTS", 10_000),
             rounds=max(1, _int_env("BENCH_ROUNDS", 3)),
+            webhook_duration=_int_env("BENCH_WEBHOOK_DURATION", min(duration, 8)),
+            webhook_samples=max(1, _int_env("BENCH_WEBHOOK_SAMPLES", 100)),
         )
 
 
@@ -748,8 +752,20 @@ def scale_check(opts: Options, chosen: list[Scenario], rows: list[dict], key_fil
 
 # --- report ---------------------------------------------------------------------------------------------
 
+def webhook_cost(opts: Options) -> dict | None:
+    """Creates with one webhook subscription against creates without, and commit-to-delivery
+    latency: ``bench/webhooks_ab.py``, on a database and a ``clinic-api serve`` of its own."""
+    if not opts.webhook_duration:
+        return None
+    import webhooks_ab
+
+    log(f"webhooks: creates with and without one subscription, {opts.rounds} rounds of {opts.webhook_duration} s")
+    return webhooks_ab.measure(rounds=opts.rounds, duration=opts.webhook_duration, connections=16,
+                               samples=opts.webhook_samples, workers=opts.workers, log=log)
+
+
 def evaluate(rows: list[dict], sql: dict, api_memory: list[dict], page_cost: dict | None = None,
-             scale: dict | None = None) -> list[dict]:
+             scale: dict | None = None, webhooks: dict | None = None) -> list[dict]:
     """The targets the project wants to reach; reported, never enforced."""
     def row(name, target="api"):
         return next((r for r in rows if r["scenario"] == name and r["target"] == target), None)
@@ -797,6 +813,11 @@ def evaluate(rows: list[dict], sql: dict, api_memory: list[dict], page_cost: dic
     if api_memory:
         worst = max(m["rss_mb"] for m in api_memory)
         goal("rss", "RSS per API worker < 200 MB", f"max {worst} MB", worst < 200)
+    if webhooks:
+        goal("webhooks_create", ">= 0.9x creates/s with one subscription as without",
+             f"{webhooks['ratio']}x", webhooks["ratio"] >= 0.9)
+        goal("webhooks_latency", "commit to delivery p50 < 200 ms", f"p50 {webhooks['latency_p50_ms']} ms",
+             webhooks["latency_p50_ms"] < 200)
     # Against the FastAPI peer doing the same work (issue 21), at 1,000,000 patients.
     for name, wanted in (("get_patient", 0.85), ("create_patient", 0.85), ("list_patients", 1.0),
                          ("search_common", 1.0), ("search_rare", 1.0), ("list_appointments", 1.0)):
@@ -988,6 +1009,7 @@ def main() -> int:
     if opts.scale_patients and opts.patients > opts.scale_patients:
         log(f"scale check: list and search on a second database of {opts.scale_patients:,} patients")
         scale = scale_check(opts, chosen, rows, key_file)
+    webhooks = webhook_cost(opts)
 
     for r in rows:
         if r["target"] == "api":
@@ -1000,7 +1022,7 @@ def main() -> int:
                 r["vs_peer"] = round(r["rps"] / peer_row["rps"], 3)
                 if r["cpu_ms_per_req"] and peer_row["cpu_ms_per_req"]:
                     r["cpu_vs_peer"] = round(r["cpu_ms_per_req"] / peer_row["cpu_ms_per_req"], 3)
-    goals = evaluate(rows, sql, api_memory, page_cost, scale)
+    goals = evaluate(rows, sql, api_memory, page_cost, scale, webhooks)
 
     log()
     print_table(rows, goals)
@@ -1032,6 +1054,7 @@ def main() -> int:
         "rss": {f"{name}_workers": workers for name, workers in memory.items()},
         "page_cost": page_cost,
         "scale": scale,
+        "webhooks": webhooks,
         "targets": goals,
         "elapsed_seconds": round(time.monotonic() - began, 1),
     }
@@ -1046,6 +1069,8 @@ def main() -> int:
               for r in rows if r["errors"]]
     failed += [f"{name}: {entry['failures']} failed in-process requests ({entry.get('error_sample', '')})"
                for name, entry in sql.items() if entry.get("failures")]
+    if webhooks and webhooks["events_received"] != webhooks["creates_in_b"]:  # at least once, none lost
+        failed.append(f"webhooks: {webhooks['events_received']} events arrived for {webhooks['creates_in_b']} creates")
     if failed:
         log("FAILED REQUESTS, the figures are not valid:\n  " + "\n  ".join(failed))
         return 1

@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/webhooks_ab.py            # DATABASE_URL's server (or embedded), ~2 minutes
 
+``make bench`` runs the same measurement after its scenarios (``measure``) and reports its goals.
+
 One ``clinic-api serve`` (with its delivery worker, as deployed by default) on a fresh bench
 database, a receiver on loopback answering 200, and two organizations: A without webhooks, B
 with one active subscription to ``patient.created``. The same load (POST /patients from
@@ -124,16 +126,13 @@ def create_load(port: int, token: str, branch_id: str, connections: int, duratio
     return sum(done) / (time.monotonic() - started), sum(done)
 
 
-def main() -> int:
+def measure(*, rounds: int, duration: int, connections: int, samples: int, workers: int, log=print) -> dict:
+    """The cost of one subscription on creates, and commit-to-delivery latency (module docstring)."""
     import httpx
 
-    rounds = _int_env("BENCH_ROUNDS", 5)
-    duration = _int_env("BENCH_DURATION", 8)
-    connections = _int_env("BENCH_CONNECTIONS", 16)
-    samples = _int_env("BENCH_LATENCY_SAMPLES", 100)
     url, where = prepare_database("_webhooks")
     receiver = Receiver()
-    opts = type("Options", (), {"workers": _int_env("BENCH_WORKERS", os.cpu_count() or 1)})()
+    opts = type("Options", (), {"workers": workers})()
     api = start_api(url, opts, signing_key_file(), name="webhooks_ab",
                     # the receiver is plain http on loopback
                     extra_env={"APP_ENV": "development", "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"})
@@ -155,8 +154,8 @@ def main() -> int:
         subscribed = httpx.post(api.base + "/webhooks", json={"url": receiver.url, "events": ["patient.created"]},
                                 headers={"Authorization": f"Bearer {token_b}"})
         assert subscribed.status_code == 201, subscribed.text
-        print(f"database: {where}; {opts.workers} API workers + 1 delivery worker; "
-              f"{connections} connections, {duration} s per run, {rounds} rounds")
+        log(f"database: {where}; {workers} API workers + 1 delivery worker; "
+            f"{connections} connections, {duration} s per run, {rounds} rounds")
         runs: dict[str, list[float]] = {"A": [], "B": []}
         created_in_b = 0
         for number in range(rounds):
@@ -165,7 +164,7 @@ def main() -> int:
                 rate, count = create_load(api.port, *orgs[name], connections, duration)
                 runs[name].append(rate)
                 created_in_b += count if name == "B" else 0
-                print(f"  round {number + 1} {'without' if name == 'A' else 'with   '} a subscription: {rate:7.1f} creates/s")
+                log(f"  round {number + 1} {'without' if name == 'A' else 'with   '} a subscription: {rate:7.1f} creates/s")
         deadline = time.monotonic() + 120
         while receiver.count < created_in_b and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -182,17 +181,26 @@ def main() -> int:
                 latencies.append(receiver.arrivals.get(patient_id, float("inf")) - answered)
         a, b = statistics.median(runs["A"]), statistics.median(runs["B"])
         latencies.sort()
-        print(f"median creates/s without: {a:.1f}, with one subscription: {b:.1f}, ratio {b / a:.3f}")
-        print(f"events received for B's {created_in_b} creates: {delivered} distinct, in {requests} requests")
-        print(f"create answer to delivery, {samples} sequential creates: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
-              f"p90 {latencies[int(len(latencies) * 0.9)] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
-        print("BENCH_RESULT " + json.dumps({"without": runs["A"], "with": runs["B"], "ratio": round(b / a, 3),
-                                            "latency_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
-                                            "creates_in_b": created_in_b, "events_received": delivered}))
-        return 0
+        result = {"without": runs["A"], "with": runs["B"], "ratio": round(b / a, 3),
+                  "latency_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+                  "latency_p90_ms": round(latencies[int(len(latencies) * 0.9)] * 1000, 1),
+                  "creates_in_b": created_in_b, "events_received": delivered, "event_requests": requests}
+        log(f"median creates/s without: {a:.1f}, with one subscription: {b:.1f}, ratio {b / a:.3f}")
+        log(f"events received for B's {created_in_b} creates: {delivered} distinct, in {requests} requests")
+        log(f"create answer to delivery, {samples} sequential creates: p50 {result['latency_p50_ms']} ms, "
+            f"p90 {result['latency_p90_ms']} ms, max {latencies[-1] * 1000:.1f} ms")
+        return result
     finally:
         api.stop()
         receiver.stop()
+
+
+def main() -> int:
+    result = measure(rounds=_int_env("BENCH_ROUNDS", 5), duration=_int_env("BENCH_DURATION", 8),
+                     connections=_int_env("BENCH_CONNECTIONS", 16), samples=_int_env("BENCH_LATENCY_SAMPLES", 100),
+                     workers=_int_env("BENCH_WORKERS", os.cpu_count() or 1))
+    print("BENCH_RESULT " + json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":
