@@ -389,12 +389,6 @@ def _parent_condition(resource: Resource, parent_id):
     return resource.table.c[resource.parent[0]] == parent_id
 
 
-def _parent_conditions(conn, resource: Resource, caller: Caller, parent_id: str | None) -> list:
-    """``_check_parent``, then the condition that keeps a statement to that parent's rows."""
-    _check_parent(conn, resource, caller, parent_id)
-    return [] if resource.parent is None else [_parent_condition(resource, parent_id)]
-
-
 # Bind parameters of the list statements, besides EMBED_ORG and each filter's own.
 PARENT_ID, PAGE_SIZE, PAGE_OFFSET, COUNT_LIMIT, FOUND_IDS = (
     "parent_id", "page_size", "page_offset", "count_limit", "found_ids")
@@ -665,12 +659,16 @@ def get_row(resource: Resource, caller: Caller, row_id: str, *, embed: list[str]
     query = _select_with_embeds(resource, embed)
 
     def work(conn):
-        conditions = _parent_conditions(conn, resource, caller, parent_id)
+        _check_parent(conn, resource, caller, parent_id)
         params = {EMBED_ORG: caller.org_id, ROW_ID: row_id}
-        if query.by_id_recorded is not None:  # no sub-resource shows patient data: no conditions
+        if query.by_id_recorded is not None:  # no sub-resource shows patient data: no parent
             statement, params = query.by_id_recorded, {**params, **access.params_for(caller)}
+        elif resource.parent is not None:
+            statement = resource.statement(("by_id of parent", tuple(embed)), lambda: query.by_id.where(
+                _parent_condition(resource, sa.bindparam(PARENT_ID))))
+            params[PARENT_ID] = parent_id
         else:
-            statement = query.by_id.where(*conditions) if conditions else query.by_id
+            statement = query.by_id
         row = conn.execute(statement, params).first()
         if row is None:
             raise ApiError("NOT_FOUND", f"{resource.name} not found")
@@ -707,7 +705,7 @@ def create_row(resource: Resource, caller: Caller, body: Mapping[str, Any], *,
             if replay is not None:
                 return replay
         if resource.parent:
-            _parent_conditions(conn, resource, caller, parent_id)
+            _check_parent(conn, resource, caller, parent_id)
             values[resource.parent[0]] = parent_id
         if hooked:
             # A hook may read the rows referenced: they are checked before it runs.
@@ -805,16 +803,22 @@ def _write(conn, resource: Resource, caller: Caller, row_id: str, values: Mappin
     return dict(row)
 
 
+def _build_lock(resource: Resource):
+    """SELECT ... FOR UPDATE of one live row of the organization (and of the parent, for a
+    sub-resource), executed with {ROW_ID, EMBED_ORG, PARENT_ID}."""
+    table = resource.table
+    where = [table.c.id == sa.bindparam(ROW_ID), *scoped(table, sa.bindparam(EMBED_ORG))]
+    if resource.parent is not None:
+        where.append(_parent_condition(resource, sa.bindparam(PARENT_ID)))
+    return select(*resource.public_columns).where(*where).with_for_update()
+
+
 def _lock(conn, resource: Resource, caller: Caller, row_id: str, parent_id: str | None,
           expect: Precondition | None) -> dict:
     """The row, locked for the rest of the transaction, once ``expect`` has accepted it."""
-    table = resource.table
-    conditions = _parent_conditions(conn, resource, caller, parent_id)
-    row = conn.execute(
-        select(*resource.public_columns)
-        .where(table.c.id == row_id, *scoped(table, caller.org_id), *conditions)
-        .with_for_update()
-    ).mappings().first()
+    _check_parent(conn, resource, caller, parent_id)
+    row = conn.execute(resource.statement(("lock",), lambda: _build_lock(resource)),
+                       {ROW_ID: row_id, EMBED_ORG: caller.org_id, PARENT_ID: parent_id}).mappings().first()
     if row is None:
         raise ApiError("NOT_FOUND", f"{resource.name} not found")
     row = dict(row)
