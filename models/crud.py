@@ -564,8 +564,8 @@ def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_
     COUNT_EXACT_LIMIT index entries, which cost more than the page (decision record)."""
     statements = _sync_statements(resource, tuple(embed), active)
     stamp = sync_stamp(resource.table)
-    bound = {**bound, SYNC_STAMP: position[0], SYNC_ID: position[1]}
-    rows = conn.execute(statements.page, {**bound, PAGE_SIZE: page_size}).all()
+    bound = {**bound, SYNC_STAMP: position[0], SYNC_ID: position[1], PAGE_SIZE: page_size}
+    rows = conn.execute(statements.page, bound).all()
     if rows and resource.patient_column:
         access.record(conn, caller, "sync", resource.name, [row._mapping[resource.patient_column] for row in rows])
     items = [query.split(row) for row in rows]
@@ -633,13 +633,16 @@ def _planned_rows(conn, matching, bound: dict) -> int:
 
 
 # EXPLAIN's text of each statement a planner is asked about, compiled once; each key is held with
-# its statement, so that an id is never reused for another.
+# its statement, so that an id is never reused for another. Bounded like the statements it
+# explains, since clients choose their shapes.
 _explains: dict[int, tuple[Any, str, dict]] = {}
 
 
 def _explained(matching, dialect) -> tuple[str, dict]:
     cached = _explains.get(id(matching))
     if cached is None or cached[0] is not matching:
+        if len(_explains) >= _STATEMENTS_KEPT:
+            _explains.clear()
         query = matching.compile(dialect=dialect)
         cached = _explains[id(matching)] = (matching, "EXPLAIN (FORMAT JSON) " + str(query), dict(query.params))
     return cached[1], cached[2]
