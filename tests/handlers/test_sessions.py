@@ -225,13 +225,30 @@ def test_a_session_ends_at_its_absolute_lifetime_on_access_and_on_refresh(app_wi
         assert http.get("/auth/sessions", headers=org_a.headers).status_code == 401  # also past it
 
 
+def _clocks() -> tuple[float, float]:
+    # Both: the worker's cache measures idleness on the monotonic clock, PostgreSQL on the wall clock.
+    return time.monotonic(), time.time()
+
+
 def test_a_session_ends_after_its_idle_timeout_and_use_keeps_it(app_with, org_a):
     idle = app_with(session_idle_timeout_s=2)
     with idle.test_client() as http:
-        used, unused = _login(http, org_a.admin_email), _login(http, org_a.admin_email)
-        for _ in range(3):  # 3 s of use every second: never 2 s idle
-            time.sleep(1.0)
-            assert http.get("/auth/me", headers=_bearer(used)).status_code == 200
+        for _attempt in range(3):
+            used, unused = _login(http, org_a.admin_email), _login(http, org_a.admin_email)
+            previous, answers, longest_gap = _clocks(), [], 0.0
+            for _ in range(3):  # 3 s of use every second: never 2 s idle
+                time.sleep(1.0)
+                answers.append(http.get("/auth/me", headers=_bearer(used)).status_code)
+                now = _clocks()
+                longest_gap = max(longest_gap, *(b - a for a, b in zip(previous, now)))
+                previous = now
+            if longest_gap < 1.8:
+                break
+            # The machine stalled (or its clock stepped) between two uses: the session may rightly
+            # have gone idle, so this attempt proves nothing either way.
+        else:
+            pytest.fail(f"every attempt saw a gap of {longest_gap:.1f} s between two uses")
+        assert answers == [200, 200, 200]
         refused = http.get("/auth/me", headers=_bearer(unused))
         assert refused.status_code == 401 and "idle" in error_of(refused)["message"], refused.text
         assert http.post("/auth/refresh", json={"refresh_token": unused["refresh_token"]}).status_code == 401

@@ -138,8 +138,10 @@ def test_a_migrator_killed_mid_migration_blocks_the_next_for_seconds_at_most(scr
     import time
 
     child = _child_migrator(scratch_url, scratch_migrations, PGOPTIONS="-c clinic.sleep_seconds=60")
+    # Only this database's sessions: another test's sleep on the same server must not pass for
+    # the child's, which would then be killed before 0001 committed.
     _wait_for(scratch_url, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep%'"
-                           " AND pid <> pg_backend_pid()")
+                           " AND datname = current_database() AND pid <> pg_backend_pid()")
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=10)
     started = time.monotonic()
