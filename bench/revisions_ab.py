@@ -96,13 +96,14 @@ def main(old: str, new: str, wanted: list[str]) -> int:
                         raise RuntimeError(f"{label} answered {result['errors']} errors: {result['first_error']}")
                     runs[label].append(result)
             medians = {label: {key: statistics.median(r[key] for r in found)
-                               for key in ("rps", "cpu_ms_per_req", "p50_1c_ms")} for label, found in runs.items()}
+                               for key in ("rps", "cpu_ms_per_req", "p50_1c_ms", "p99_ms")} for label, found in runs.items()}
             ratio = medians["new"]["rps"] / medians["old"]["rps"]
             cpu = medians["new"]["cpu_ms_per_req"] / medians["old"]["cpu_ms_per_req"]
             run.log(f"{scenario.name}: old {medians['old']['rps']:.0f} req/s, {medians['old']['cpu_ms_per_req']:.3f} "
                     f"CPU ms/req; new {medians['new']['rps']:.0f} req/s, {medians['new']['cpu_ms_per_req']:.3f} "
                     f"CPU ms/req; new/old req/s {ratio:.3f}, CPU {cpu:.3f} "
-                    f"(req/s per round old {[r['rps'] for r in runs['old']]}, new {[r['rps'] for r in runs['new']]})")
+                    f"(req/s per round old {[r['rps'] for r in runs['old']]}, new {[r['rps'] for r in runs['new']]}); "
+                    f"p99 at {opts.connections} connections old {medians['old']['p99_ms']} ms, new {medians['new']['p99_ms']} ms")
             results[scenario.name] = {"medians": medians, "rps_ratio": round(ratio, 3), "cpu_ratio": round(cpu, 3)}
         run.log("BENCH_RESULT " + json.dumps({"old": old, "new": new, "load_average": os.getloadavg()[0],
                                               "results": results}))
