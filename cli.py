@@ -219,12 +219,23 @@ def _gunicorn(settings, url) -> None:
                 self.cfg.set("child_exit", _forget_worker_metrics)
 
         def load(self):
-            # Runs in each worker after the fork: every worker gets its own connection pool.
-            from app import create_app
-
-            return create_app(settings, database_url=url)
+            return served_app(settings, url)
 
     Server().run()
+
+
+def served_app(settings, url):
+    """One served worker's app: built after the fork, so every worker has its own connection pool."""
+    import gc
+
+    from app import create_app
+
+    application = create_app(settings, database_url=url)
+    # What the app built at startup (spec, validators, routes, statements) lives as long as the
+    # worker; frozen, a full collection no longer walks it on every pass.
+    gc.collect()
+    gc.freeze()
+    return application
 
 
 def _forget_worker_metrics(_server, worker) -> None:

@@ -95,3 +95,14 @@ def test_serve_in_development_makes_one_key_in_the_data_folder_for_every_worker(
     key = serialization.load_pem_private_key((tmp_path / "jwt_signing_key.pem").read_bytes(), password=None)
     assert served == {(signing.kid_of(key.public_key()),)}
     assert (tmp_path / "jwt_signing_key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_served_worker_freezes_what_it_built_at_startup(database_url):
+    """Full collections in a served worker skip the app's startup objects (see the decision record)."""
+    probe = ("import gc, cli, config; cli.served_app(config.load(serving=True), %r); "
+             "print(gc.get_freeze_count(), gc.get_count()[0])" % database_url)
+    env = {**os.environ, "DATABASE_URL": database_url, "APP_ENV": "development", "WEBHOOK_WORKER": "false"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    frozen, young = map(int, done.stdout.split())
+    assert frozen > 50_000 and young < 100
