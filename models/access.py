@@ -25,8 +25,7 @@ _ORG, _USER, _IP, _AGENT, _REQUEST = "access__org_id", "access__user_id", "acces
 
 @functools.cache
 def _access_columns(patients, action: str, resource: str) -> tuple:
-    """What an access row's SELECT returns, built once per source of patient ids (a list builds
-    its access row per request, and these were most of that work)."""
+    """What an access row's SELECT returns, built once per source of patient ids."""
     ids = func.array_agg(sa.distinct(patients), type_=access_log.c.patient_ids.type)
     return ids, (sa.bindparam(_ORG, type_=access_log.c.org_id.type), sa.bindparam(_USER, type_=access_log.c.user_id.type),
                  sa.literal_column(f"'{action}'"), sa.literal_column(f"'{resource}'"), ids,
@@ -54,21 +53,6 @@ def recorded(read, patient_column: str, action: str, resource: str):
     ``patient_column``. Executed with ``params_for(caller)`` among its parameters."""
     shown = read.cte("shown")
     return _without_flush_wait(select(shown).add_cte(_access_row(shown.c[patient_column], action, resource, shown)))
-
-
-# A page's access row, once its rows are read: a statement of its own, built once. A list's page
-# query differs with its filters, so one statement holding both would be built per request, and
-# building it cost SQLAlchemy about 0.9 ms of CPU, more than this round trip does.
-_RECORD = _without_flush_wait(access_log.insert().values(
-    org_id=sa.bindparam(_ORG), user_id=sa.bindparam(_USER), action=sa.bindparam("access__action"),
-    resource=sa.bindparam("access__resource"), patient_ids=sa.bindparam("access__patient_ids"),
-    ip_address=sa.bindparam(_IP), user_agent=sa.bindparam(_AGENT), request_id=sa.bindparam(_REQUEST)))
-
-
-def record(conn, caller, action: str, resource: str, patient_ids) -> None:
-    """Write the access row of ``patient_ids``; committed when it returns (autocommit)."""
-    conn.execute(_RECORD, {**params_for(caller), "access__action": action, "access__resource": resource,
-                           "access__patient_ids": sorted(set(patient_ids))})
 
 
 def params_for(caller) -> dict:

@@ -440,8 +440,9 @@ def _build_list_statements(resource: Resource, embed: tuple[str, ...], active: t
     capped = select(sa.literal(1)).select_from(table).where(*where).limit(sa.bindparam(COUNT_LIMIT)).subquery()
     matches = select(table.c.id, table.c.created_at).where(*where).limit(sa.bindparam(COUNT_LIMIT)).subquery()
     return _ListStatements(
-        page=rows.where(table.c.id.in_(page_ids)).order_by(*newest_first),
-        found_page=rows.where(table.c.id.in_(sa.bindparam(FOUND_IDS, expanding=True))).order_by(*newest_first),
+        page=_shown(resource, "list", rows.where(table.c.id.in_(page_ids)).order_by(*newest_first), "created_at"),
+        found_page=_shown(resource, "list", rows.where(table.c.id.in_(sa.bindparam(FOUND_IDS, expanding=True)))
+                          .order_by(*newest_first), "created_at"),
         count=select(func.count()).select_from(capped),
         search=(select(func.count().over().label("total"), matches.c.id)
                 .order_by(matches.c.created_at.desc(), matches.c.id.desc())
@@ -509,13 +510,21 @@ def _read(resource: Resource, work):
     return database.recorded_read(work) if resource.patient_column else database.read(work)
 
 
+def _shown(resource: Resource, action: str, page, stamp: str, *, oldest_first: bool = False):
+    """``page`` (ordered by ``stamp``, then id), and when it shows patient data, the same page
+    read inside the statement that writes its access row (``access.recorded``), in that order."""
+    if not resource.patient_column:
+        return page
+    recorded = access.recorded(page, resource.patient_column, action, resource.name)
+    order = (recorded.selected_columns[stamp], recorded.selected_columns.id)
+    return recorded.order_by(*(column.asc() if oldest_first else column.desc() for column in order))
+
+
 def _page(conn, resource: Resource, caller: Caller, statement, params: dict) -> list:
-    """The page's rows, and their access row when they show patient data (written before the
-    page goes back to the handler)."""
-    page = conn.execute(statement, params).all()
-    if page and resource.patient_column:
-        access.record(conn, caller, "list", resource.name, [row._mapping[resource.patient_column] for row in page])
-    return page
+    """A page's rows, its access row committed with them when they show patient data."""
+    if resource.patient_column:
+        params = {**params, **access.params_for(caller)}
+    return conn.execute(statement, params).all()
 
 
 # --- sync: what changed since a point, tombstones included ---------------------------------------
@@ -552,7 +561,8 @@ def _build_sync_statements(resource: Resource, embed: tuple[str, ...], active: t
     oldest_first = (stamp.asc(), table.c.id.asc())
     page_ids = select(table.c.id).where(*where).order_by(*oldest_first).limit(sa.bindparam(PAGE_SIZE))
     rows = _select_with_embeds(resource, list(embed)).select
-    return _SyncStatements(page=rows.where(table.c.id.in_(page_ids)).order_by(*oldest_first),
+    page = rows.where(table.c.id.in_(page_ids)).order_by(*oldest_first)
+    return _SyncStatements(page=_shown(resource, "sync", page, stamp.name, oldest_first=True),
                            matching=_matching(table, where))
 
 
@@ -565,9 +575,7 @@ def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_
     statements = _sync_statements(resource, tuple(embed), active)
     stamp = sync_stamp(resource.table)
     bound = {**bound, SYNC_STAMP: position[0], SYNC_ID: position[1], PAGE_SIZE: page_size}
-    rows = conn.execute(statements.page, bound).all()
-    if rows and resource.patient_column:
-        access.record(conn, caller, "sync", resource.name, [row._mapping[resource.patient_column] for row in rows])
+    rows = _page(conn, resource, caller, statements.page, bound)
     items = [query.split(row) for row in rows]
     if items:
         _attach_many(conn, resource, caller, items, embed)
