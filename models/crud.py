@@ -416,10 +416,14 @@ class _ListStatements:
     about a sixth of its CPU (decision record on lists)."""
 
     page: Any         # the page's rows, ids from the list index (PAGE_SIZE, PAGE_OFFSET)
+    counted_page: Any  # the same rows, each with the count of the matches as its last column (+ COUNT_LIMIT)
     found_page: Any   # the rows of FOUND_IDS, the ids a search found
     count: Any        # the matches, counted up to COUNT_LIMIT
     search: Any       # (matches up to COUNT_LIMIT, counted over the window; id) of the page
     matching: Any     # SELECT 1 of every match, for the planner's estimate
+
+
+_COUNTED = "list__counted"  # the counted page's last column, named apart from any column of the rows
 
 
 def _list_statements(resource: Resource, embed: tuple[str, ...], active: tuple[str, ...]) -> _ListStatements:
@@ -439,11 +443,15 @@ def _build_list_statements(resource: Resource, embed: tuple[str, ...], active: t
                 .limit(sa.bindparam(PAGE_SIZE)).offset(sa.bindparam(PAGE_OFFSET)))
     capped = select(sa.literal(1)).select_from(table).where(*where).limit(sa.bindparam(COUNT_LIMIT)).subquery()
     matches = select(table.c.id, table.c.created_at).where(*where).limit(sa.bindparam(COUNT_LIMIT)).subquery()
+    count = select(func.count()).select_from(capped)
+    page = rows.where(table.c.id.in_(page_ids)).order_by(*newest_first)
     return _ListStatements(
-        page=_shown(resource, "list", rows.where(table.c.id.in_(page_ids)).order_by(*newest_first), "created_at"),
+        page=_shown(resource, "list", page, "created_at"),
+        counted_page=_shown(resource, "list", page.add_columns(count.scalar_subquery().label(_COUNTED)),
+                            "created_at"),
         found_page=_shown(resource, "list", rows.where(table.c.id.in_(sa.bindparam(FOUND_IDS, expanding=True)))
                           .order_by(*newest_first), "created_at"),
-        count=select(func.count()).select_from(capped),
+        count=count,
         search=(select(func.count().over().label("total"), matches.c.id)
                 .order_by(matches.c.created_at.desc(), matches.c.id.desc())
                 .limit(sa.bindparam(PAGE_SIZE)).offset(sa.bindparam(PAGE_OFFSET))),
@@ -495,8 +503,15 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
         else:
             # A probe that found more than the limit has counted already: only the estimate is left.
             counted = None if found is None else found[0]
+            params = {**bound, PAGE_SIZE: page_size, PAGE_OFFSET: offset}
+            if counted is None and _cached_estimate(count_key, exact_limit) is None:
+                # The total is still to be found: the page counts it in the same statement (an
+                # empty page, past the last one, leaves it to _count).
+                rows = _page(conn, resource, caller, statements.counted_page, {**params, COUNT_LIMIT: exact_limit + 1})
+                counted = rows[0][-1] if rows else None
+            else:
+                rows = _page(conn, resource, caller, statements.page, params)
             total, estimated = _count(conn, statements, bound, count_key, exact_limit, counted)
-            rows = _page(conn, resource, caller, statements.page, {**bound, PAGE_SIZE: page_size, PAGE_OFFSET: offset})
         items = [query.split(row) for row in rows]
         if items:
             _attach_many(conn, resource, caller, items, embed)

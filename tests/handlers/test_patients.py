@@ -318,3 +318,30 @@ def test_a_search_over_the_limit_is_counted_once(app_with, make_org):
         sa.event.remove(primary, "before_cursor_execute", remember)
     assert found["total_estimated"] is True and len(found["patients"]) == 2
     assert len([s for s in statements if "count(" in s]) == 1
+
+
+def test_a_list_under_the_limit_is_one_statement_with_its_count_and_access_row(client, org_a):
+    """The page counts its matches and writes its access row in the statement that reads it;
+    only a page past the last one asks for the count by itself."""
+    import sqlalchemy as sa
+
+    from models import database
+
+    for i in range(3):
+        create_patient(client, org_a, name=f"Counted {i}")
+    statements = []
+
+    def remember(_conn, _cursor, statement, *_args):
+        statements.append(statement.lower())
+
+    primary = database.current_pools().writer  # patient reads write access rows: on the primary
+    sa.event.listen(primary, "before_cursor_execute", remember)
+    try:
+        page = client.get("/patients?pageSize=2", headers=org_a.headers).json()["data"]
+        assert len(statements) == 1 and "count(" in statements[0] and "insert into access_log" in statements[0]
+        beyond = client.get("/patients?pageSize=2&page=5", headers=org_a.headers).json()["data"]
+    finally:
+        sa.event.remove(primary, "before_cursor_execute", remember)
+    assert page["total"] == 3 and page["total_estimated"] is False and len(page["patients"]) == 2
+    assert beyond == {"patients": [], "total": 3, "total_estimated": False}
+    assert len(statements) == 3  # the empty page, then its count
