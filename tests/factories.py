@@ -54,6 +54,21 @@ def post(client, org, path, body):
     return response.json()["data"]
 
 
+def statements_sent(engine, action: Callable[[], Any]) -> list[tuple[str, Any]]:
+    """Each statement ``action`` sent through ``engine``, as sent, with its parameters."""
+    seen = []
+
+    def remember(_conn, _cursor, statement, parameters, *_args):
+        seen.append((statement, parameters))
+
+    sa.event.listen(engine, "after_cursor_execute", remember)
+    try:
+        action()
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", remember)
+    return seen
+
+
 def make_row(org, name: str, body: dict) -> dict:
     """Create a row of resource ``name`` for ``org``'s admin through the engine."""
     caller = Caller(user_id=str(org.admin_id), org_id=str(org.org_id), scopes=frozenset())

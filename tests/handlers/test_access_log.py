@@ -4,7 +4,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import error_of
-from tests.factories import build_world, next_slot, post
+from tests.factories import build_world, next_slot, post, statements_sent
 
 HEADERS = {"User-Agent": "chart-viewer/1.0", "X-Request-ID": "req-access-1"}
 
@@ -102,26 +102,12 @@ def test_access_rows_are_append_only_even_for_their_owner(owner_engine, client, 
             conn.execute(sa.text(statement), {"org": world.org.org_id})
 
 
-def _statements_of(engine, action):
-    seen = []
-
-    def remember(_conn, _cursor, statement, *_args):
-        seen.append(statement)
-
-    sa.event.listen(engine, "after_cursor_execute", remember)
-    try:
-        action()
-    finally:
-        sa.event.remove(engine, "after_cursor_execute", remember)
-    return seen
-
-
 def test_by_default_an_access_row_commits_without_waiting_for_the_flush(client, world, engine):
     from models import database
 
     primary = database.current_pools().writer
-    sent = _statements_of(primary, lambda: client.get(f"/patients/{world.patient_id}", headers=world.org.headers))
-    [recorded] = [s for s in sent if "access_log" in s]
+    sent = statements_sent(primary, lambda: client.get(f"/patients/{world.patient_id}", headers=world.org.headers))
+    [recorded] = [s for s, _ in sent if "access_log" in s]
     assert recorded.startswith("SET LOCAL synchronous_commit TO off; ")
     with primary.connect() as conn:  # the setting ended with the statement's implicit transaction
         for _ in range(3):
@@ -131,9 +117,9 @@ def test_by_default_an_access_row_commits_without_waiting_for_the_flush(client, 
 def test_access_log_synchronous_commit_waits_for_the_flush(app_with, world):
     strict_app = app_with(access_log_synchronous_commit=True)
     strict = strict_app.test_client()
-    sent = _statements_of(strict_app.state.pools.writer,
-                          lambda: strict.get(f"/patients/{world.patient_id}", headers=world.org.headers))
-    [recorded] = [s for s in sent if "access_log" in s]
+    sent = statements_sent(strict_app.state.pools.writer,
+                           lambda: strict.get(f"/patients/{world.patient_id}", headers=world.org.headers))
+    [recorded] = [s for s, _ in sent if "access_log" in s]
     assert "synchronous_commit" not in recorded
 
 

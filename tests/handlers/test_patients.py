@@ -2,8 +2,10 @@
 import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import error_of
+from tests.factories import statements_sent
 
 
 def create_patient(client, org, **fields):
@@ -35,7 +37,6 @@ def test_patch_changes_only_the_fields_sent_and_moves_updated_at(client, org_a):
 
 
 def test_delete_is_soft_and_answers_204_once(client, org_a, engine):
-    import sqlalchemy as sa
 
     patient = create_patient(client, org_a)
     assert client.delete(f"/patients/{patient['id']}", headers=org_a.headers).status_code == 204
@@ -118,7 +119,6 @@ def test_embed_branch(client, org_a):
 
 
 def test_embedded_branch_that_was_deleted_is_null(client, org_a, engine):
-    import sqlalchemy as sa
 
     patient = create_patient(client, org_a)
     with engine.begin() as conn:
@@ -173,21 +173,10 @@ def test_create_is_one_statement_with_its_branch_check_and_audit_row(client, org
     """No probe and no second INSERT: one statement checks the branch, inserts the patient and
     writes its audit row; a branch that is missing, deleted or another organization's refuses the
     whole create."""
-    import sqlalchemy as sa
-
     from models import database
 
-    statements = []
-
-    def remember(_conn, _cursor, statement, *_args):
-        statements.append(" ".join(statement.lower().split()))
-
-    writer = database.current_pools().writer
-    sa.event.listen(writer, "before_cursor_execute", remember)
-    try:
-        create_patient(client, org_a, name="One Statement")
-    finally:
-        sa.event.remove(writer, "before_cursor_execute", remember)
+    sent = statements_sent(database.current_pools().writer, lambda: create_patient(client, org_a, name="One Statement"))
+    statements = [" ".join(statement.lower().split()) for statement, _ in sent]
     assert len(statements) == 1 and statements[0].startswith("with found as")
     assert "from branch where branch.id = " in statements[0] and "insert into audit_log" in statements[0]
 
@@ -241,7 +230,6 @@ def test_body_validation_names_the_field(client, org_a):
 
 
 def test_deleted_branch_cannot_be_referenced(client, org_a, engine):
-    import sqlalchemy as sa
 
     with engine.begin() as conn:
         other = conn.execute(sa.text("INSERT INTO branch (org_id, name, deleted_at) VALUES (:o, 'Old', now()) RETURNING id"),
@@ -298,24 +286,17 @@ def test_search_pages_and_totals_past_the_exact_limit(app_with, make_org):
 def test_a_search_over_the_limit_is_counted_once(app_with, make_org):
     """The probe that finds more matches than the limit has counted them; only the estimate is
     asked of the database after it, not a second count."""
-    import sqlalchemy as sa
-
     custom = app_with(search_count_exact_limit=2)
     client = custom.test_client()
     org = make_org()
     for i in range(4):
         client.post("/patients", json={"branch_id": org.branch_id, "name": f"Countonce {i}"}, headers=org.headers)
-    statements = []
+    found = {}
 
-    def remember(_conn, _cursor, statement, *_args):
-        statements.append(statement.lower())
-
-    primary = custom.state.pools.writer  # patient reads write access rows: on the primary
-    sa.event.listen(primary, "before_cursor_execute", remember)
-    try:
-        found = client.get("/patients?search=countonce&pageSize=2", headers=org.headers).json()["data"]
-    finally:
-        sa.event.remove(primary, "before_cursor_execute", remember)
+    def search():
+        found.update(client.get("/patients?search=countonce&pageSize=2", headers=org.headers).json()["data"])
+    # Patient reads write access rows: on the primary.
+    statements = [statement.lower() for statement, _ in statements_sent(custom.state.pools.writer, search)]
     assert found["total_estimated"] is True and len(found["patients"]) == 2
     assert len([s for s in statements if "count(" in s]) == 1
 
@@ -323,25 +304,21 @@ def test_a_search_over_the_limit_is_counted_once(app_with, make_org):
 def test_a_list_under_the_limit_is_one_statement_with_its_count_and_access_row(client, org_a):
     """The page counts its matches and writes its access row in the statement that reads it;
     only a page past the last one asks for the count by itself."""
-    import sqlalchemy as sa
-
     from models import database
 
     for i in range(3):
         create_patient(client, org_a, name=f"Counted {i}")
-    statements = []
-
-    def remember(_conn, _cursor, statement, *_args):
-        statements.append(statement.lower())
-
     primary = database.current_pools().writer  # patient reads write access rows: on the primary
-    sa.event.listen(primary, "before_cursor_execute", remember)
-    try:
-        page = client.get("/patients?pageSize=2", headers=org_a.headers).json()["data"]
-        assert len(statements) == 1 and "count(" in statements[0] and "insert into access_log" in statements[0]
-        beyond = client.get("/patients?pageSize=2&page=5", headers=org_a.headers).json()["data"]
-    finally:
-        sa.event.remove(primary, "before_cursor_execute", remember)
+
+    def read(path):
+        answers = []
+        statements = [s.lower() for s, _ in statements_sent(primary, lambda: answers.append(
+            client.get(path, headers=org_a.headers).json()["data"]))]
+        return answers[0], statements
+
+    page, statements = read("/patients?pageSize=2")
+    assert len(statements) == 1 and "count(" in statements[0] and "insert into access_log" in statements[0]
+    beyond, beyond_statements = read("/patients?pageSize=2&page=5")
     assert page["total"] == 3 and page["total_estimated"] is False and len(page["patients"]) == 2
     assert beyond == {"patients": [], "total": 3, "total_estimated": False}
-    assert len(statements) == 3  # the empty page, then its count
+    assert len(statements + beyond_statements) == 3  # the empty page, then its count

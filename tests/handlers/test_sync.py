@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from models import database
 from tests.conftest import error_of
-from tests.factories import NAMES, RESOURCES, make_row, openapi, post
+from tests.factories import NAMES, RESOURCES, make_row, openapi, post, statements_sent
 
 _NEXT = re.compile(r'<([^>]*)>; rel="next"')
 
@@ -135,19 +135,9 @@ def test_a_sync_page_is_an_index_range_scan(client, world_a, engine):
     filter over the organization's rows."""
     org = world_a.org
     post(client, org, "/patients", {"branch_id": org.branch_id, "name": "Planned"})
-    statements = []
-
-    def keep(conn, cursor, statement, parameters, context, executemany):
-        if "ORDER BY patient.updated_at ASC" in statement:
-            statements.append((statement, parameters))
-
     primary = database.current_pools().writer  # a sync reads where its horizon is true
-    sa.event.listen(primary, "before_cursor_execute", keep)
-    try:
-        sync(client, org, "/patients", updatedSince="2026-01-01T00:00:00Z")
-    finally:
-        sa.event.remove(primary, "before_cursor_execute", keep)
-    statement, parameters = statements[0]
+    sent = statements_sent(primary, lambda: sync(client, org, "/patients", updatedSince="2026-01-01T00:00:00Z"))
+    statement, parameters = [(s, p) for s, p in sent if "ORDER BY patient.updated_at ASC" in s][0]
     # A page of patient data is sent with its access row's commit setting ahead of it.
     statement = re.sub(r"^SET LOCAL [^;]*; ", "", statement)
     with engine.connect() as conn:
