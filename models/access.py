@@ -48,11 +48,16 @@ def _without_flush_wait(statement):
     return statement.execution_options(**{database.ASYNCHRONOUS_COMMIT: True})
 
 
-def recorded(read, patient_column: str, action: str, resource: str):
+def recorded(read, patient_column: str, action: str, resource: str, *, beside=None):
     """``read`` (a SELECT, built once and kept) with the access row of the patients in its
-    ``patient_column``. Executed with ``params_for(caller)`` among its parameters."""
+    ``patient_column``. Executed with ``params_for(caller)`` among its parameters.
+
+    ``beside``, a one-row subquery, is LEFT JOINed to the rows, so that its columns come back
+    (after the rows' own) even when ``read`` finds nothing; the access row is still of the rows."""
     shown = read.cte("shown")
-    return _without_flush_wait(select(shown).add_cte(_access_row(shown.c[patient_column], action, resource, shown)))
+    statement = select(shown) if beside is None else \
+        select(shown, *beside.c).select_from(beside.outerjoin(shown, sa.true()))
+    return _without_flush_wait(statement.add_cte(_access_row(shown.c[patient_column], action, resource, shown)))
 
 
 def params_for(caller) -> dict:

@@ -417,9 +417,8 @@ class _ListStatements:
 
     page: Any         # the page's rows, ids from the list index (PAGE_SIZE, PAGE_OFFSET)
     counted_page: Any  # the same rows, each with the count of the matches as its last column (+ COUNT_LIMIT)
-    found_page: Any   # the rows of FOUND_IDS, the ids a search found
+    searched_page: Any  # a search's page and its matches counted up to COUNT_LIMIT (last column; see _searched)
     count: Any        # the matches, counted up to COUNT_LIMIT
-    search: Any       # (matches up to COUNT_LIMIT, counted over the window; id) of the page
     matching: Any     # SELECT 1 of every match, for the planner's estimate
 
 
@@ -442,21 +441,41 @@ def _build_list_statements(resource: Resource, embed: tuple[str, ...], active: t
     page_ids = (select(table.c.id).where(*where).order_by(*newest_first)
                 .limit(sa.bindparam(PAGE_SIZE)).offset(sa.bindparam(PAGE_OFFSET)))
     capped = select(sa.literal(1)).select_from(table).where(*where).limit(sa.bindparam(COUNT_LIMIT)).subquery()
-    matches = select(table.c.id, table.c.created_at).where(*where).limit(sa.bindparam(COUNT_LIMIT)).subquery()
     count = select(func.count()).select_from(capped)
     page = rows.where(table.c.id.in_(page_ids)).order_by(*newest_first)
     return _ListStatements(
         page=_shown(resource, "list", page, "created_at"),
         counted_page=_shown(resource, "list", page.add_columns(count.scalar_subquery().label(_COUNTED)),
                             "created_at"),
-        found_page=_shown(resource, "list", rows.where(table.c.id.in_(sa.bindparam(FOUND_IDS, expanding=True)))
-                          .order_by(*newest_first), "created_at"),
+        searched_page=_searched(resource, rows, where),
         count=count,
-        search=(select(func.count().over().label("total"), matches.c.id)
-                .order_by(matches.c.created_at.desc(), matches.c.id.desc())
-                .limit(sa.bindparam(PAGE_SIZE)).offset(sa.bindparam(PAGE_OFFSET))),
         matching=_matching(table, where),
     )
+
+
+def _searched(resource: Resource, rows, where: list):
+    """A search's page in one statement: its matches, counted up to COUNT_LIMIT and sorted in
+    the same scan (a rare term's matches come from the trigram index, which one scan is enough
+    of), the page's rows joined to the ids of the window, and its access row.
+
+    The count comes back as the last column of every row, and of one row of NULLs when the page
+    is empty. When it reaches COUNT_LIMIT the window is not the page (the matches were cut off
+    unsorted), so no row is shown: the caller estimates, and reads the page from the list index,
+    which holds search_text, so a common term fills a page within a few hundred index entries."""
+    table = resource.table
+    matches = select(table.c.id, table.c.created_at).where(*where).limit(sa.bindparam(COUNT_LIMIT)).subquery()
+    window = (select(func.count().over().label("total"), matches.c.id)
+              .order_by(matches.c.created_at.desc(), matches.c.id.desc())
+              .limit(sa.bindparam(PAGE_SIZE)).offset(sa.bindparam(PAGE_OFFSET))).cte("found")
+    page = rows.where(table.c.id.in_(select(window.c.id).where(window.c.total < sa.bindparam(COUNT_LIMIT))))
+    counted = select(func.max(window.c.total).label(_COUNTED)).subquery("found_total")
+    if resource.patient_column:
+        statement = access.recorded(page, resource.patient_column, "list", resource.name, beside=counted)
+    else:
+        shown = page.subquery("shown")
+        statement = select(shown, counted.c[_COUNTED]).select_from(counted.outerjoin(shown, sa.true()))
+    newest_first = (statement.selected_columns.created_at.desc(), statement.selected_columns.id.desc())
+    return statement.order_by(*newest_first)
 
 
 def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: int = 20,
@@ -492,18 +511,20 @@ def list_rows(resource: Resource, caller: Caller, *, page: int = 1, page_size: i
 
     def work(conn):
         _check_parent(conn, resource, caller, parent_id)
+        params = {**bound, PAGE_SIZE: page_size, PAGE_OFFSET: offset}
         # A term already known to match more than the limit skips straight to the estimate.
-        found = None
+        found = counted = None
+        exact = False
         if searching and _cached_estimate(count_key, exact_limit) is None:
-            found = _search_page(conn, statements, bound, page_size, offset, exact_limit)
-        if found is not None and found[0] <= exact_limit:
-            total, estimated = found[0], False
-            rows = _page(conn, resource, caller, statements.found_page, {**bound, FOUND_IDS: found[1]}) \
-                if found[1] else []
+            found = _page(conn, resource, caller, statements.searched_page, {**params, COUNT_LIMIT: exact_limit + 1})
+            counted = found[0][-1]
+            # No match in the window: none at all on the first page; past the last, a count tells.
+            exact = offset == 0 if counted is None else counted <= exact_limit
+        if exact:
+            rows, total, estimated = (found if counted else []), counted or 0, False
         else:
-            # A probe that found more than the limit has counted already: only the estimate is left.
-            counted = None if found is None else found[0]
-            params = {**bound, PAGE_SIZE: page_size, PAGE_OFFSET: offset}
+            # A search that found more than the limit has counted already: only the estimate is
+            # left. One past its last page found nothing to count: it is counted like a list.
             if counted is None and _cached_estimate(count_key, exact_limit) is None:
                 # The total is still to be found: the page counts it in the same statement (an
                 # empty page, past the last one, leaves it to _count).
@@ -602,22 +623,6 @@ def _changes(conn, resource: Resource, caller: Caller, query: _EmbedQuery, page_
         total, estimated = max(_planned_rows(conn, statements.matching, bound), len(items)), True
     return {resource.plural: items, "total": total, "total_estimated": estimated,
             "next_cursor": sync.encode_cursor(*position), "has_more": len(items) == page_size}
-
-
-def _search_page(conn, statements: _ListStatements, bound: dict, page_size: int, offset: int, limit: int):
-    """(matches counted up to ``limit + 1``, ids of the page) in one statement.
-
-    A rare term's matches come from the trigram index, so counting and sorting them in the same
-    statement saves running that index scan a second time for the page. When more than ``limit``
-    match, the ids are not the page (the caller estimates, and the page walks the list index,
-    which holds search_text: a common term fills a page within a few hundred index entries).
-    None past the last page, where the caller's count says how many there are.
-    """
-    rows = conn.execute(statements.search,
-                        {**bound, COUNT_LIMIT: limit + 1, PAGE_SIZE: page_size, PAGE_OFFSET: offset}).all()
-    if not rows:
-        return (0, []) if offset == 0 else None
-    return rows[0].total, [row.id for row in rows]
 
 
 ESTIMATE_TTL_S = 30.0

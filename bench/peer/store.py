@@ -9,10 +9,11 @@ follow ``models/crud.py`` and ``models/access.py`` as ``bench/results/latest.jso
   (INSERT INTO access_log ...) SELECT * FROM shown``), committed without waiting for the WAL
   flush (the API's ``SET LOCAL synchronous_commit TO off``; here the pool's connections carry
   the setting, see ``Database``);
-- a list: the capped count (or the planner's estimate, kept 30 s), the page's ids from the list
-  index joined to the page's rows and embeds, then the page's access row; a patient search first
-  counts its matches up to SEARCH_COUNT_EXACT_LIMIT + 1 and takes the page's ids in the same
-  statement;
+- a list: the page's ids from the list index joined to the page's rows and embeds, with the
+  page's access row in the same statement; while no estimate is kept for the list, the same
+  statement also carries the capped count as its last column (the planner's estimate, kept 30 s,
+  past the limit). A patient search counts its matches up to SEARCH_COUNT_EXACT_LIMIT + 1, takes
+  the page's ids from them, reads their rows and writes their access row in one statement;
 - a create: one statement with the reference check, the INSERT, its audit row (the image built by
   PostgreSQL as ``models/audit.image_in_sql`` builds it) and the outbox rows (``models/events.py``).
 
@@ -252,16 +253,30 @@ class Database:
             columns, source, shape = self._selection(resource, embed)
             where, _ = self._where(resource, dict.fromkeys(names, ""), 2)
             n = 2 + len(names)
-            order = _NEWEST_FIRST.format(t=t)
+            order, shown_order = _NEWEST_FIRST.format(t=t), _NEWEST_FIRST.format(t="shown")
+            patients = f"shown.{resource.patient_column}"
+            # $n, $n+1: page size and offset; $n+2..$n+5: who read, and from where.
+            recorded = ("recorded AS (INSERT INTO access_log (org_id, user_id, action, resource, patient_ids,"
+                        " ip_address, user_agent, request_id)"
+                        f" SELECT $1, ${n + 2}, 'list', '{t}', array_agg(DISTINCT {patients}), ${n + 3}, ${n + 4},"
+                        f" ${n + 5} FROM shown HAVING array_agg(DISTINCT {patients}) IS NOT NULL)")
+            page_ids = f"SELECT {t}.id FROM {t} WHERE {where} ORDER BY {order} LIMIT ${n} OFFSET ${n + 1}"
+            counted = (f"(SELECT count(*) FROM (SELECT 1 FROM {t} WHERE {where} LIMIT {limit + 1}) AS capped)"
+                       " AS list__counted")
             return {
                 "shape": shape, "where": where,
-                "search": (f"SELECT count(*) OVER () AS total, m.id FROM (SELECT {t}.id, {t}.created_at FROM {t}"
-                           f" WHERE {where} LIMIT {limit + 1}) AS m ORDER BY m.created_at DESC, m.id DESC"
-                           f" LIMIT ${n} OFFSET ${n + 1}"),
-                "by_ids": (f"SELECT {columns} FROM {source} WHERE {t}.id = ANY($2::uuid[]) AND {t}.org_id = $1"
-                           f" ORDER BY {order}"),
-                "page": (f"SELECT {columns} FROM {source} WHERE {t}.id IN (SELECT {t}.id FROM {t} WHERE {where}"
-                         f" ORDER BY {order} LIMIT ${n} OFFSET ${n + 1}) ORDER BY {order}"),
+                "searched": (f"WITH found AS (SELECT count(*) OVER () AS total, m.id FROM (SELECT {t}.id,"
+                             f" {t}.created_at FROM {t} WHERE {where} LIMIT {limit + 1}) AS m"
+                             f" ORDER BY m.created_at DESC, m.id DESC LIMIT ${n} OFFSET ${n + 1}),"
+                             f" shown AS (SELECT {columns} FROM {source} WHERE {t}.id IN"
+                             f" (SELECT found.id FROM found WHERE found.total < {limit + 1})), {recorded}"
+                             " SELECT shown.*, found_total.list__counted FROM (SELECT max(found.total) AS"
+                             f" list__counted FROM found) AS found_total LEFT OUTER JOIN shown ON true"
+                             f" ORDER BY {shown_order}"),
+                "counted_page": (f"WITH shown AS (SELECT {columns}, {counted} FROM {source} WHERE {t}.id IN"
+                                 f" ({page_ids})), {recorded} SELECT * FROM shown ORDER BY {shown_order}"),
+                "page": (f"WITH shown AS (SELECT {columns} FROM {source} WHERE {t}.id IN ({page_ids})),"
+                         f" {recorded} SELECT * FROM shown ORDER BY {shown_order}"),
             }
         return self._statement(("list", resource.name, names, embed), build)
 
@@ -275,25 +290,25 @@ class Database:
         _, values = self._where(resource, filters, 2)
         key = (limit, resource.name, org_id, tuple((k, repr(filters[k])) for k in names))
         offset = (page - 1) * page_size
+        params = (org_id, *values, page_size, offset, origin.user_id, origin.ip, origin.user_agent,
+                  origin.request_id)
         async with self.recorded.acquire() as conn:
-            found = None
+            found = counted = None
+            exact = False
             if searching and self._cached_estimate(key) is None:
-                rows = await conn.fetch(sql["search"], org_id, *values, page_size, offset)
-                found = (rows[0]["total"], [r["id"] for r in rows]) if rows else ((0, []) if offset == 0 else None)
-            if found is not None and found[0] <= limit:
-                total, estimated = found[0], False
-                page_rows = await conn.fetch(sql["by_ids"], org_id, found[1]) if found[1] else []
+                found = await conn.fetch(sql["searched"], *params)
+                counted = found[0]["list__counted"]
+                exact = offset == 0 if counted is None else counted <= limit
+            if exact:
+                page_rows, total, estimated = (found if counted else []), counted or 0, False
             else:
+                if counted is None and self._cached_estimate(key) is None:
+                    page_rows = await conn.fetch(sql["counted_page"], *params)
+                    counted = page_rows[0]["list__counted"] if page_rows else None
+                else:
+                    page_rows = await conn.fetch(sql["page"], *params)
                 total, estimated = await self._count(conn, resource, sql["where"], [org_id, *values], key, limit,
-                                                     None if found is None else found[0])
-                page_rows = await conn.fetch(sql["page"], org_id, *values, page_size, offset)
-            if page_rows:
-                await conn.execute(
-                    "INSERT INTO access_log (org_id, user_id, action, resource, patient_ids, ip_address,"
-                    " user_agent, request_id) VALUES ($1, $2, 'list', $3, $4::uuid[], $5, $6, $7)",
-                    org_id, origin.user_id, resource.name,
-                    sorted({r[resource.patient_column] for r in page_rows}),
-                    origin.ip, origin.user_agent, origin.request_id)
+                                                     counted)
         shape = sql["shape"]
         return {resource.plural: [self.split(shape, r) for r in page_rows], "total": total,
                 "total_estimated": estimated}

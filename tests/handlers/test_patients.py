@@ -322,3 +322,34 @@ def test_a_list_under_the_limit_is_one_statement_with_its_count_and_access_row(c
     assert page["total"] == 3 and page["total_estimated"] is False and len(page["patients"]) == 2
     assert beyond == {"patients": [], "total": 3, "total_estimated": False}
     assert len(statements + beyond_statements) == 3  # the empty page, then its count
+
+
+def test_a_search_is_one_statement_with_its_count_and_access_row(client, org_a, engine):
+    """A search under its exact limit counts its matches, reads the page and writes the page's
+    access row in one statement; a search that finds nothing writes no access row."""
+    from models import database
+
+    ids = [create_patient(client, org_a, name=f"Onestatement {i}")["id"] for i in range(3)]
+    primary = database.current_pools().writer  # patient reads write access rows: on the primary
+
+    def read(path):
+        answers = []
+        statements = [s.lower() for s, _ in statements_sent(primary, lambda: answers.append(
+            client.get(path, headers=org_a.headers).json()["data"]))]
+        return answers[0], statements
+
+    page, statements = read("/patients?search=onestatement&pageSize=2")
+    assert len(statements) == 1 and "count(" in statements[0] and "insert into access_log" in statements[0]
+    assert page["total"] == 3 and page["total_estimated"] is False
+    assert [p["id"] for p in page["patients"]] == ids[::-1][:2]
+    last, _ = read("/patients?search=onestatement&pageSize=2&page=2")
+    assert [p["id"] for p in last["patients"]] == ids[:1] and last["total"] == 3
+
+    def access_rows():
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM access_log WHERE org_id = :org"),
+                                {"org": org_a.org_id}).scalar_one()
+    before = access_rows()
+    nothing, statements = read("/patients?search=nobodyiscalledthis")
+    assert nothing == {"patients": [], "total": 0, "total_estimated": False} and len(statements) == 1
+    assert access_rows() == before
