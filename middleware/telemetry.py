@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from opentelemetry import context, trace
 
 import config
+from models import database
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,21 @@ class Tracing:
 
     def _statement_started(self, conn, cursor, statement, parameters, context, executemany):
         # The statement with its placeholders only: bound values (names, notes) never reach a span.
-        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
-        context._clinic_span = self.tracer.start_span(verb, kind=trace.SpanKind.CLIENT, attributes={
-            "db.system.name": "postgresql", "db.query.text": statement})
+        context._clinic_span = self.tracer.start_span(
+            _operation(statement, context), kind=trace.SpanKind.CLIENT,
+            attributes={"db.system.name": "postgresql", "db.query.text": statement})
+
+
+def _operation(statement: str, execution) -> str:
+    """The SQL verb a statement's span is named by: that of the statement the API built, not of
+    the ``SET LOCAL`` an access row's read is sent behind, and for a statement with CTEs (a read
+    with its access row, a create with its audit row) that of its outer statement."""
+    for flag, verb in (("isinsert", "INSERT"), ("isupdate", "UPDATE"), ("isdelete", "DELETE")):
+        if getattr(execution, flag, False):
+            return verb
+    words = statement.removeprefix(database.ASYNCHRONOUS_PREFIX).split(None, 1)
+    verb = words[0].upper() if words else "SQL"
+    return "SELECT" if verb == "WITH" and getattr(execution, "compiled", None) is not None else verb
 
 
 def configure(settings: config.Settings, engines: list) -> Tracing | None:

@@ -634,7 +634,7 @@ def _log_failure(shared: dict, target: str, pool: str, message: str) -> None:
 
 # Execution option of a statement whose commit need not wait for the WAL flush (an access row).
 ASYNCHRONOUS_COMMIT = "asynchronous_commit"
-_ASYNCHRONOUS_PREFIX = "SET LOCAL synchronous_commit TO off; "
+ASYNCHRONOUS_PREFIX = "SET LOCAL synchronous_commit TO off; "
 
 
 def _commit_without_flush_wait(_conn, _cursor, statement, parameters, context, _executemany):
@@ -642,7 +642,7 @@ def _commit_without_flush_wait(_conn, _cursor, statement, parameters, context, _
     string: PostgreSQL runs the two as one implicit transaction, so the setting ends with it
     (safe behind a transaction-mode pooler) and costs no round trip."""
     if context is not None and context.execution_options.get(ASYNCHRONOUS_COMMIT):
-        statement = _ASYNCHRONOUS_PREFIX + statement
+        statement = ASYNCHRONOUS_PREFIX + statement
     return statement, parameters
 
 
