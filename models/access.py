@@ -48,15 +48,16 @@ def _without_flush_wait(statement):
     return statement.execution_options(**{database.ASYNCHRONOUS_COMMIT: True})
 
 
-def recorded(read, patient_column: str, action: str, resource: str, *, beside=None):
+def recorded(read, patient_column: str, action: str, resource: str):
     """``read`` (a SELECT, built once and kept) with the access row of the patients in its
-    ``patient_column``. Executed with ``params_for(caller)`` among its parameters.
-
-    ``beside``, a one-row subquery, is LEFT JOINed to the rows, so that its columns come back
-    (after the rows' own) even when ``read`` finds nothing; the access row is still of the rows."""
+    ``patient_column``. Executed with ``params_for(caller)`` among its parameters."""
     shown = read.cte("shown")
-    statement = select(shown) if beside is None else \
-        select(shown, *beside.c).select_from(beside.outerjoin(shown, sa.true()))
+    return with_access_row(select(shown), shown, patient_column, action, resource)
+
+
+def with_access_row(statement, shown, patient_column: str, action: str, resource: str):
+    """``statement``, which reads the CTE ``shown``, with the access row of the patients in
+    ``shown``'s ``patient_column`` written by the same statement."""
     return _without_flush_wait(statement.add_cte(_access_row(shown.c[patient_column], action, resource, shown)))
 
 

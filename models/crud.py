@@ -454,9 +454,9 @@ def _build_list_statements(resource: Resource, embed: tuple[str, ...], active: t
 
 
 def _searched(resource: Resource, rows, where: list):
-    """A search's page in one statement: its matches, counted up to COUNT_LIMIT and sorted in
-    the same scan (a rare term's matches come from the trigram index, which one scan is enough
-    of), the page's rows joined to the ids of the window, and its access row.
+    """A search's page in one statement: its matches counted (up to COUNT_LIMIT) and sorted
+    from one scan of the index that finds them (the trigram index, for a rare term), the rows of
+    the page's window of them, and their access row.
 
     The count comes back as the last column of every row, and of one row of NULLs when the page
     is empty. When it reaches COUNT_LIMIT the window is not the page (the matches were cut off
@@ -469,11 +469,10 @@ def _searched(resource: Resource, rows, where: list):
               .limit(sa.bindparam(PAGE_SIZE)).offset(sa.bindparam(PAGE_OFFSET))).cte("found")
     page = rows.where(table.c.id.in_(select(window.c.id).where(window.c.total < sa.bindparam(COUNT_LIMIT))))
     counted = select(func.max(window.c.total).label(_COUNTED)).subquery("found_total")
+    shown = page.cte("shown")
+    statement = select(shown, counted.c[_COUNTED]).select_from(counted.outerjoin(shown, sa.true()))
     if resource.patient_column:
-        statement = access.recorded(page, resource.patient_column, "list", resource.name, beside=counted)
-    else:
-        shown = page.subquery("shown")
-        statement = select(shown, counted.c[_COUNTED]).select_from(counted.outerjoin(shown, sa.true()))
+        statement = access.with_access_row(statement, shown, resource.patient_column, "list", resource.name)
     newest_first = (statement.selected_columns.created_at.desc(), statement.selected_columns.id.desc())
     return statement.order_by(*newest_first)
 
