@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import config  # noqa: E402
 from bench import seed as seeding  # noqa: E402
+from bench.inprocess import seeded_app  # noqa: E402
 from models import database  # noqa: E402
 
 ROUNDS = int(os.environ.get("ACCESS_BENCH_ROUNDS", "12"))
@@ -55,22 +55,9 @@ def _backend_cpu_ns(engine, database_name: str) -> int:
 def main() -> int:
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     name = "clinic_access_bench"
-    database.drop_database(server, name)
-    database.ensure_database(server, name)
-    url = database.with_database(server, name)
-    database.migrate(url)
-    seeded = seeding.seed(url, patients=20_000, log=lambda *_: None)
+    url, seeded, app, client, headers = seeded_app(server, name)
     org_id = seeding.org_uuid(1)
     ids = seeding.sample_patient_ids(url, org_id, 2_000)
-
-    from app import create_app
-
-    settings = config.load({"APP_ENV": "test", "RATE_LIMIT_ENABLED": "false",
-                            "LOG_LEVEL": "WARNING", "BCRYPT_ROUNDS": "4"})
-    app = create_app(settings, database_url=url)
-    client = app.test_client()
-    login = client.post("/auth/login", json={"email": "admin@org1.bench.example", "password": "bench-password"})
-    headers = {"Authorization": f"Bearer {login.json()['data']['access_token']}"}
     scenarios = {
         "get patient by id": lambda: client.get(f"/patients/{random.choice(ids)}", headers=headers),
         "list patients": lambda: client.get(f"/patients?page={random.randint(1, 50)}&pageSize=20", headers=headers),

@@ -37,6 +37,27 @@ def main(scenario: str, count: int) -> None:
         database.drop_database(server, name)
 
 
+def seeded_app(server: str, name: str, *, patients: int = 20_000):
+    """Database ``name`` on ``server``, dropped if it was there, migrated and seeded as ``make
+    bench`` seeds it, and the app on it in-process, logged in as organization 1's admin:
+    ``(url, seeded, app, client, headers)``. The caller drops the database at the end."""
+    from app import create_app
+    from bench import seed as seeding
+
+    database.drop_database(server, name)
+    database.ensure_database(server, name)
+    url = database.with_database(server, name)
+    database.migrate(url)
+    seeded = seeding.seed(url, patients=patients, log=lambda *_: None)
+    settings = config.load({"APP_ENV": "test", "RATE_LIMIT_ENABLED": "false",
+                            "LOG_LEVEL": "WARNING", "BCRYPT_ROUNDS": "4"})
+    app = create_app(settings, database_url=url)
+    client = app.test_client()
+    login = client.post("/auth/login", json={"email": "admin@org1.bench.example", "password": "bench-password"})
+    headers = {"Authorization": f"Bearer {login.json()['data']['access_token']}"}
+    return url, seeded, app, client, headers
+
+
 def run(url: str, scenario: str, count: int) -> None:
     from app import create_app
     from models import accounts

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import config  # noqa: E402
 from bench import seed as seeding  # noqa: E402
+from bench.inprocess import seeded_app  # noqa: E402
 from models import database  # noqa: E402
 
 ROUNDS = int(os.environ.get("PLANNING_BENCH_ROUNDS", "6"))
@@ -64,22 +64,8 @@ def _variants(cursor, name: str, statement: str, parameters: dict) -> dict[str, 
 def main() -> int:
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     name = "clinic_planning_bench"
-    database.drop_database(server, name)
-    database.ensure_database(server, name)
-    url = database.with_database(server, name)
-    database.migrate(url)
-    seeded = seeding.seed(url, patients=20_000, log=lambda *_: None)
-    org_id = seeding.org_uuid(1)
-    patient_id = seeding.sample_patient_ids(url, org_id, 1)[0]
-
-    from app import create_app
-
-    settings = config.load({"APP_ENV": "test", "RATE_LIMIT_ENABLED": "false",
-                            "LOG_LEVEL": "WARNING", "BCRYPT_ROUNDS": "4"})
-    app = create_app(settings, database_url=url)
-    client = app.test_client()
-    login = client.post("/auth/login", json={"email": "admin@org1.bench.example", "password": "bench-password"})
-    headers = {"Authorization": f"Bearer {login.json()['data']['access_token']}"}
+    url, seeded, app, client, headers = seeded_app(server, name)
+    patient_id = seeding.sample_patient_ids(url, seeding.org_uuid(1), 1)[0]
     branch_id = client.get(f"/patients/{patient_id}", headers=headers).json()["data"]["branch_id"]
     writer = app.state.pools.writer
     requests = {

@@ -301,21 +301,26 @@ def test_a_search_over_the_limit_is_counted_once(app_with, make_org):
     assert len([s for s in statements if "count(" in s]) == 1
 
 
-def test_a_list_under_the_limit_is_one_statement_with_its_count_and_access_row(client, org_a):
-    """The page counts its matches and writes its access row in the statement that reads it;
-    only a page past the last one asks for the count by itself."""
+def _reader(client, org):
+    """read(path) -> (the answer's data, the statements it sent, lower-cased)."""
     from models import database
 
-    for i in range(3):
-        create_patient(client, org_a, name=f"Counted {i}")
     primary = database.current_pools().writer  # patient reads write access rows: on the primary
 
     def read(path):
         answers = []
         statements = [s.lower() for s, _ in statements_sent(primary, lambda: answers.append(
-            client.get(path, headers=org_a.headers).json()["data"]))]
+            client.get(path, headers=org.headers).json()["data"]))]
         return answers[0], statements
+    return read
 
+
+def test_a_list_under_the_limit_is_one_statement_with_its_count_and_access_row(client, org_a):
+    """The page counts its matches and writes its access row in the statement that reads it;
+    only a page past the last one asks for the count by itself."""
+    for i in range(3):
+        create_patient(client, org_a, name=f"Counted {i}")
+    read = _reader(client, org_a)
     page, statements = read("/patients?pageSize=2")
     assert len(statements) == 1 and "count(" in statements[0] and "insert into access_log" in statements[0]
     beyond, beyond_statements = read("/patients?pageSize=2&page=5")
@@ -327,17 +332,8 @@ def test_a_list_under_the_limit_is_one_statement_with_its_count_and_access_row(c
 def test_a_search_is_one_statement_with_its_count_and_access_row(client, org_a, engine):
     """A search under its exact limit counts its matches, reads the page and writes the page's
     access row in one statement; a search that finds nothing writes no access row."""
-    from models import database
-
     ids = [create_patient(client, org_a, name=f"Onestatement {i}")["id"] for i in range(3)]
-    primary = database.current_pools().writer  # patient reads write access rows: on the primary
-
-    def read(path):
-        answers = []
-        statements = [s.lower() for s, _ in statements_sent(primary, lambda: answers.append(
-            client.get(path, headers=org_a.headers).json()["data"]))]
-        return answers[0], statements
-
+    read = _reader(client, org_a)
     page, statements = read("/patients?search=onestatement&pageSize=2")
     assert len(statements) == 1 and "count(" in statements[0] and "insert into access_log" in statements[0]
     assert page["total"] == 3 and page["total_estimated"] is False
