@@ -52,7 +52,7 @@ def _backend_cpu_ns(pid: int) -> int:
 def _variants(cursor, name: str, statement: str, parameters: dict) -> dict[str, str]:
     """The statement as text, and as EXECUTE of its PREPAREd form (psycopg2's placeholders
     numbered; its ``%%`` is a literal ``%``)."""
-    statement = re.sub(r"^SET LOCAL [^;]*; ", "", statement)
+    statement = statement.removeprefix(database.ASYNCHRONOUS_PREFIX)
     order: dict[str, int] = {}
     numbered = _PLACEHOLDER.sub(lambda m: f"${order.setdefault(m.group(1), len(order) + 1)}", statement)
     cursor.execute(f"PREPARE {name} AS " + numbered.replace("%%", "%"))

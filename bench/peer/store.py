@@ -60,6 +60,16 @@ APPOINTMENTS = Resource("appointment", "appointments", "patient_id",
                                  "dateTo": ("before", "date")})
 
 
+def _recorded(resource: Resource, action: str, first: int) -> str:
+    """The CTE ``recorded``: the access row of the patients in the CTE ``shown`` ($1 is the
+    organization; ``$first`` and the three after it who read, and from where)."""
+    patients = f"shown.{resource.patient_column}"
+    return ("recorded AS (INSERT INTO access_log (org_id, user_id, action, resource, patient_ids, ip_address,"
+            f" user_agent, request_id) SELECT $1, ${first}, '{action}', '{resource.name}',"
+            f" array_agg(DISTINCT {patients}), ${first + 1}, ${first + 2}, ${first + 3} FROM shown"
+            f" HAVING array_agg(DISTINCT {patients}) IS NOT NULL)")
+
+
 class Refused(Exception):
     """What the API answers with an error envelope: its code, message and field."""
 
@@ -179,14 +189,10 @@ class Database:
     def _by_id(self, resource: Resource, embed: tuple[str, ...]) -> tuple[str, tuple]:
         def build():
             columns, source, shape = self._selection(resource, embed)
-            t, patients = resource.name, f"shown.{resource.patient_column}"
+            t = resource.name
             return (f"WITH shown AS (SELECT {columns} FROM {source}"
                     f" WHERE {t}.id = $2 AND {t}.org_id = $1 AND {t}.deleted_at IS NULL),"
-                    " recorded AS (INSERT INTO access_log (org_id, user_id, action, resource, patient_ids,"
-                    " ip_address, user_agent, request_id)"
-                    f" SELECT $1, $3, 'get', '{t}', array_agg(DISTINCT {patients}), $4, $5, $6 FROM shown"
-                    f" HAVING array_agg(DISTINCT {patients}) IS NOT NULL)"
-                    " SELECT * FROM shown", shape)
+                    f" {_recorded(resource, 'get', 3)} SELECT * FROM shown", shape)
         return self._statement(("get", resource.name, embed), build)
 
     async def get_row(self, resource: Resource, org_id: str, origin: Origin, row_id: str,
@@ -254,12 +260,8 @@ class Database:
             where, _ = self._where(resource, dict.fromkeys(names, ""), 2)
             n = 2 + len(names)
             order, shown_order = _NEWEST_FIRST.format(t=t), _NEWEST_FIRST.format(t="shown")
-            patients = f"shown.{resource.patient_column}"
             # $n, $n+1: page size and offset; $n+2..$n+5: who read, and from where.
-            recorded = ("recorded AS (INSERT INTO access_log (org_id, user_id, action, resource, patient_ids,"
-                        " ip_address, user_agent, request_id)"
-                        f" SELECT $1, ${n + 2}, 'list', '{t}', array_agg(DISTINCT {patients}), ${n + 3}, ${n + 4},"
-                        f" ${n + 5} FROM shown HAVING array_agg(DISTINCT {patients}) IS NOT NULL)")
+            recorded = _recorded(resource, "list", n + 2)
             page_ids = f"SELECT {t}.id FROM {t} WHERE {where} ORDER BY {order} LIMIT ${n} OFFSET ${n + 1}"
             counted = (f"(SELECT count(*) FROM (SELECT 1 FROM {t} WHERE {where} LIMIT {limit + 1}) AS capped)"
                        " AS list__counted")
