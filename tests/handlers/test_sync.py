@@ -51,6 +51,22 @@ def test_a_full_sync_page_estimates_what_is_left_and_the_last_page_counts_it(cli
     assert last["total"] == len(last["patients"]) == 1 and last["patients"][0]["id"] == made[2]["id"]
 
 
+def test_a_full_sync_pages_estimate_is_near_what_is_left(client, world_a, owner_engine):
+    """The planner cannot know the horizon (a subquery) and takes a third of the rows to be older
+    than it: the estimate asks about the changes from the position on, without it."""
+    org, made = world_a.org, 600
+    with owner_engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO patient (org_id, branch_id, name, created_at, updated_at)"
+            " SELECT :org, :branch, 'Earlier ' || n, stamp, stamp FROM generate_series(1, :made) AS n,"
+            " LATERAL (SELECT timestamptz '2001-01-01' + n * interval '1 day' AS stamp) AS at"),
+            {"org": org.org_id, "branch": org.branch_id, "made": made})
+        conn.execute(sa.text("ANALYZE patient"))
+    page = sync(client, org, "/patients", pageSize=20, updatedSince="2000-06-01T00:00:00Z").json()["data"]
+    left = made + 1  # world_a's own patient changed after them all
+    assert page["total_estimated"] is True and left / 1.5 <= page["total"] <= left * 1.5, page["total"]
+
+
 def test_a_sync_walks_every_change_once_while_rows_are_written(client, world_a):
     org = world_a.org
     first = [post(client, org, "/patients", {"branch_id": org.branch_id, "name": f"Early {n}"}) for n in range(5)]
