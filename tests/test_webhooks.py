@@ -3,9 +3,11 @@ this process, or ``clinic-api worker`` processes), every signature checked with 
 ``standardwebhooks`` verifier."""
 from __future__ import annotations
 
+import datetime as dt
 import http.server
 import os
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -30,7 +32,7 @@ class Receiver:
     """An HTTP server on a free loopback port that records each POST and answers with the next
     status of ``statuses`` (then 200). ``hold`` makes it keep the first request open."""
 
-    def __init__(self):
+    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"):
         self.requests: list[dict] = []
         self.statuses: list[int] = []
         self.hold: threading.Event | None = None
@@ -64,7 +66,10 @@ class Receiver:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://{host}:{self.server.server_address[1]}/hooks"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
@@ -442,6 +447,67 @@ def test_redirects_are_not_followed(client, org_a, receiver, delivery_worker):
         assert elsewhere.requests == []
     finally:
         elsewhere.close()
+
+
+def _certificates(tmp_path, names):
+    """A certificate authority (its PEM file) and, for each of ``names``, a server context whose
+    certificate that authority signed for that DNS name only."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def issue(subject, issuer, key, signer, *, ca, name=None):
+        now = dt.datetime.now(dt.timezone.utc)
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+                   .not_valid_after(now + dt.timedelta(hours=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if name:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    def pem(cert):
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clinic-api test authority")])
+    authority = issue(ca_name, ca_name, ca_key, ca_key, ca=True)
+    (tmp_path / "authority.pem").write_bytes(pem(authority))
+    contexts = []
+    for name in names:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = issue(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), ca_name, key, ca_key, ca=False, name=name)
+        (tmp_path / f"{name}.pem").write_bytes(pem(cert) + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tmp_path / f"{name}.pem")
+        contexts.append(context)
+    return tmp_path / "authority.pem", contexts
+
+
+def test_https_deliveries_go_to_the_checked_address_under_the_urls_name(
+        client, org_a, delivery_worker, tmp_path, monkeypatch):
+    """The worker connects to the address it checked, and TLS still checks the certificate
+    against the URL's host name: a certificate for another name gets nothing delivered."""
+    authority, (for_localhost, for_elsewhere) = _certificates(tmp_path, ["localhost", "elsewhere.example"])
+    monkeypatch.setenv("SSL_CERT_FILE", str(authority))
+    names_seen = []
+    for_localhost.sni_callback = lambda _sock, name, _context: names_seen.append(name)
+    right, wrong = Receiver(tls=for_localhost, host="localhost"), Receiver(tls=for_elsewhere, host="localhost")
+    try:
+        hook = subscribe(client, org_a, right.url)
+        refused = subscribe(client, org_a, wrong.url)
+        patient = create_patient(client, org_a)
+        right.wait_for(1)
+        [event] = right.events(hook["secret"])
+        assert event["data"]["id"] == patient["id"] and "localhost" in names_seen
+        attempt = _first_attempt(client, org_a, refused["id"])
+        assert attempt["last_status_code"] is None and "certificate" in attempt["last_error"].lower()
+        assert wrong.requests == []
+    finally:
+        right.close()
+        wrong.close()
 
 
 def test_a_slow_receiver_times_out_and_a_large_answer_is_cut(client, org_a, receiver, delivery_worker, monkeypatch):
