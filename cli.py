@@ -76,12 +76,13 @@ def _create_org(args, password):
         raise SystemExit(f"error: {mapped.message if mapped else exc}") from exc
 
 
-def _with_app_engine(settings, url, action):
+def _with_app_engine(settings, url, action, *, application_name: str = "clinic-api"):
     """Run ``action`` with an application state of its own: the settings and a pool, no server."""
     import state
     from models import credentials
 
-    app_state = state.AppState(settings=settings, pools=database.create_pools(url, settings),
+    app_state = state.AppState(settings=settings,
+                               pools=database.create_pools(url, settings, application_name=application_name),
                                dummy_password_hash=credentials.dummy_hash(settings))
     try:
         with state.bound(app_state):
@@ -142,6 +143,7 @@ def cmd_serve(settings, _args) -> int:
 
 def cmd_worker(settings, args) -> int:
     """Deliver webhooks until SIGTERM (several may run at once, on any host)."""
+    import worker
     from middleware import observability
 
     url = _database_url(settings)
@@ -150,7 +152,8 @@ def cmd_worker(settings, args) -> int:
     # several subscriptions, whose outcomes are recorded side by side.
     settings = settings.with_overrides(db_pool_size=settings.webhook_worker_threads + 1,
                                        db_max_overflow=settings.webhook_worker_threads)
-    _with_app_engine(settings, url, lambda: _deliver_until_stopped(settings, url, args.parent_pid))
+    _with_app_engine(settings, url, lambda: _deliver_until_stopped(settings, url, args.parent_pid),
+                     application_name=worker.APPLICATION_NAME)
     return 0
 
 

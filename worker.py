@@ -41,6 +41,8 @@ CONNECT_TIMEOUT_S = 5.0
 TOTAL_TIMEOUT_S = 10.0
 RESPONSE_BYTES_READ = 64 * 1024
 CHANNEL = "webhook_delivery"
+# The worker's connections in pg_stat_activity (its pool's and the listener's), apart from the API's.
+APPLICATION_NAME = "clinic-api-webhooks"
 USER_AGENT = "clinic-api-webhooks/1"
 # Deliveries one claim takes: one claim and one record statement per batch instead of per event.
 BATCH_SIZE = 50
@@ -390,7 +392,7 @@ class DeliveryWorker:
 
     def _listen(self) -> None:
         connection = psycopg2.connect(self.listen_url, connect_timeout=self.settings.db_connect_timeout_s,
-                                      application_name="clinic-api-webhooks")
+                                      application_name=APPLICATION_NAME)
         try:
             connection.autocommit = True
             connection.cursor().execute(f"LISTEN {CHANNEL}")

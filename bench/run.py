@@ -210,8 +210,8 @@ class Server:
             time.sleep(0.25)
         raise RuntimeError(f"{self.name} did not answer /health within {timeout:.0f}s:\n{self.log_tail()}")
 
-    def worker_pids(self) -> list[int]:
-        """Children of the gunicorn master (the process started here)."""
+    def _children(self) -> list[Path]:
+        """The /proc entries of the processes the one started here (gunicorn's master) started."""
         children = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -220,21 +220,21 @@ class Server:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == self.proc.pid and not _is_delivery_worker(entry):
-                children.append(int(entry.name))
-        return sorted(children)
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                children.append(entry)
+        return children
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn master's workers."""
+        return sorted(int(entry.name) for entry in self._children() if not _is_delivery_worker(entry))
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the workers have used so far."""
-        total = 0
-        for pid in self.worker_pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(process_cpu_seconds(pid) or 0 for pid in self.worker_pids())
+
+    def delivery_worker_pid(self) -> int | None:
+        """The webhook delivery worker serve started beside its workers, if any."""
+        return next((int(entry.name) for entry in self._children() if _is_delivery_worker(entry)), None)
 
     def worker_memory(self) -> list[dict]:
         result = []
@@ -408,18 +408,20 @@ class Backends:
         with self.conn.cursor() as cur:
             cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,))
             pids = [row[0] for row in cur.fetchall()]
-        total, seen = 0, False
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            seen = True
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK") if seen else None
+        seconds = [cpu for cpu in map(process_cpu_seconds, pids) if cpu is not None]
+        return sum(seconds) if seconds else None
 
     def close(self) -> None:
         self.conn.close()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time process ``pid`` has used so far (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def machine_busy_seconds() -> float:

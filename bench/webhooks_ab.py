@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from run import login, prepare_database, settle, signing_key_file, start_api  # noqa: E402
+from run import Backends, login, prepare_database, process_cpu_seconds, settle, signing_key_file, start_api  # noqa: E402
 
 
 def _int_env(name: str, default: int) -> int:
@@ -95,6 +95,17 @@ class Receiver:
         self.process.terminate()
 
 
+def _cpu(api, receiver: Receiver, backends: Backends) -> dict[str, float | None]:
+    """CPU seconds so far of each part an event touches: the API's workers and their PostgreSQL
+    backends, the delivery worker and its backends, the receiver, and this process (the load)."""
+    worker = api.delivery_worker_pid()
+    usage = os.times()
+    return {"api workers": api.cpu_seconds(), "their postgres backends": backends.cpu_seconds("clinic-api"),
+            "delivery worker": process_cpu_seconds(worker) if worker else None,
+            "its postgres backends": backends.cpu_seconds("clinic-api-webhooks"),
+            "receiver": process_cpu_seconds(receiver.process.pid), "load generator": usage.user + usage.system}
+
+
 def create_load(port: int, token: str, branch_id: str, connections: int, duration: float) -> tuple[float, int]:
     """(creates per second, creates) from ``connections`` keep-alive connections for ``duration`` seconds."""
     done = [0] * connections
@@ -157,11 +168,18 @@ def measure(*, rounds: int, duration: int, connections: int, samples: int, worke
         log(f"database: {where}; {workers} API workers + 1 delivery worker; "
             f"{connections} connections, {duration} s per run, {rounds} rounds")
         runs: dict[str, list[float]] = {"A": [], "B": []}
+        costs: dict[str, list[dict]] = {"A": [], "B": []}
+        backends = Backends(url)
         created_in_b = 0
         for number in range(rounds):
             for name in ("A", "B") if number % 2 == 0 else ("B", "A"):
                 settle(url)
+                before = _cpu(api, receiver, backends)
                 rate, count = create_load(api.port, *orgs[name], connections, duration)
+                time.sleep(0.5)  # the worker sends what the last creates left
+                after = _cpu(api, receiver, backends)
+                costs[name].append({part: round((after[part] - before[part]) * 1000 / count, 3)
+                                    for part in after if after[part] is not None and before[part] is not None})
                 runs[name].append(rate)
                 created_in_b += count if name == "B" else 0
                 log(f"  round {number + 1} {'without' if name == 'A' else 'with   '} a subscription: {rate:7.1f} creates/s")
@@ -179,13 +197,20 @@ def measure(*, rounds: int, duration: int, connections: int, samples: int, worke
                 while patient_id not in receiver.arrivals and time.monotonic() < answered + 10:
                     time.sleep(0.001)
                 latencies.append(receiver.arrivals.get(patient_id, float("inf")) - answered)
+        backends.close()
         a, b = statistics.median(runs["A"]), statistics.median(runs["B"])
+        cost = {name: {part: round(statistics.median(run.get(part, 0) for run in costs[name]), 3) for part in costs[name][0]}
+                for name in costs}
         latencies.sort()
         result = {"without": runs["A"], "with": runs["B"], "ratio": round(b / a, 3),
                   "latency_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
                   "latency_p90_ms": round(latencies[int(len(latencies) * 0.9)] * 1000, 1),
-                  "creates_in_b": created_in_b, "events_received": delivered, "event_requests": requests}
+                  "creates_in_b": created_in_b, "events_received": delivered, "event_requests": requests,
+                  "cpu_ms_per_create": {"without": cost["A"], "with": cost["B"]}}
         log(f"median creates/s without: {a:.1f}, with one subscription: {b:.1f}, ratio {b / a:.3f}")
+        for part in cost["B"]:
+            log(f"  CPU per create, {part}: {cost['A'].get(part, 0):.3f} ms without a subscription, "
+                f"{cost['B'][part]:.3f} ms with one")
         log(f"events received for B's {created_in_b} creates: {delivered} distinct, in {requests} requests")
         log(f"create answer to delivery, {samples} sequential creates: p50 {result['latency_p50_ms']} ms, "
             f"p90 {result['latency_p90_ms']} ms, max {latencies[-1] * 1000:.1f} ms")

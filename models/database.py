@@ -552,8 +552,8 @@ def _json_dumps(value) -> str:
     return json.dumps(value, default=_json_default)
 
 
-def create_pools(url: str, settings: Settings) -> Pools:
-    """The process's pools.
+def create_pools(url: str, settings: Settings, *, application_name: str = "clinic-api") -> Pools:
+    """The process's pools, their connections named ``application_name`` in pg_stat_activity.
 
     The server-side timeouts that keep them healthy are the runtime role's own settings (set by
     ``clinic-api migrate``, see ``set_role_timeouts``), not an ``options`` startup parameter:
@@ -566,7 +566,7 @@ def create_pools(url: str, settings: Settings) -> Pools:
         json_serializer=_json_dumps,
         connect_args={
             "connect_timeout": settings.db_connect_timeout_s,
-            "application_name": "clinic-api",
+            "application_name": application_name,
         },
     )
     # An autocommit connection never holds a transaction, so the rollback the pool sends on

@@ -50,7 +50,7 @@ def test_sigterm_drains_requests_and_leaves_no_open_transactions(database_url, o
             server.kill()
     with engine.connect() as conn:
         leftover = conn.execute(sa.text(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'clinic-api' "
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name IN ('clinic-api', 'clinic-api-webhooks') "
             "AND datname = current_database() AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
         )).scalar_one()
     assert leftover == 0

@@ -218,7 +218,7 @@ def _worker_process(database_url, **env):
                             cwd=str(config.ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_a_worker_killed_mid_delivery_leads_to_a_redelivery(client, org_a, receiver, database_url, settings):
+def test_a_worker_killed_mid_delivery_leads_to_a_redelivery(client, engine, org_a, receiver, database_url, settings):
     hook = subscribe(client, org_a, receiver.url)
     receiver.hold = threading.Event()
     first = _worker_process(database_url)
@@ -233,6 +233,10 @@ def test_a_worker_killed_mid_delivery_leads_to_a_redelivery(client, org_a, recei
     second = _worker_process(database_url)
     try:
         arrived = receiver.wait_for(2, timeout=30)
+        with engine.connect() as conn:  # the worker's connections are told apart from the API's
+            named = conn.execute(sa.text("SELECT query FROM pg_stat_activity WHERE application_name = :name "
+                                         "AND datname = current_database()"), {"name": "clinic-api-webhooks"}).scalars().all()
+        assert any(q.startswith("LISTEN") for q in named) and len(named) >= 2, named  # the listener and the pool
     finally:
         second.terminate()
         second.wait(30)
