@@ -594,10 +594,11 @@ def _build_sync_statements(resource: Resource, embed: tuple[str, ...], active: t
                                                     sa.cast(sa.bindparam(SYNC_ID), table.c.id.type))
     changes = [*_where(resource, active, deleted_too=True), after]
     oldest_first = (stamp.asc(), table.c.id.asc())
-    page_ids = (select(table.c.id).where(*changes, sync.before_horizon(stamp))
-                .order_by(*oldest_first).limit(sa.bindparam(PAGE_SIZE)))
+    # The rows straight from the sync index in its order: a keyset page skips nothing, so the
+    # ids-first shape of a list page (for its OFFSET) would only add a primary-key lookup per row.
     rows = _select_with_embeds(resource, list(embed)).select
-    page = rows.where(table.c.id.in_(page_ids)).order_by(*oldest_first)
+    page = (rows.where(*changes, sync.before_horizon(stamp))
+            .order_by(*oldest_first).limit(sa.bindparam(PAGE_SIZE)))
     # The estimate leaves the horizon out: the planner cannot know the subquery's value and takes
     # a third of the rows to be older than it, where nearly all are; and the changes a page must
     # wait for still belong to what is left to sync.

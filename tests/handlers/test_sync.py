@@ -147,8 +147,8 @@ def test_every_write_moves_updated_at(client, world_a, engine):
 
 
 def test_a_sync_page_is_an_index_range_scan(client, world_a, engine):
-    """The page's ids come from (org_id, updated_at, id): the keyset is an index condition, not a
-    filter over the organization's rows."""
+    """The page's rows come from (org_id, updated_at, id) in its order: the keyset is an index
+    condition, not a filter over the organization's rows, and no row is looked up again by id."""
     org = world_a.org
     post(client, org, "/patients", {"branch_id": org.branch_id, "name": "Planned"})
     primary = database.current_pools().writer  # a sync reads where its horizon is true
@@ -161,6 +161,7 @@ def test_a_sync_page_is_an_index_range_scan(client, world_a, engine):
         plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
     assert "patient_org_sync_idx" in plan
     assert re.search(r"Index Cond: .*org_id = .*ROW\(updated_at, id\) >", plan), plan
+    assert "patient_pkey" not in plan, plan
 
 
 def test_every_list_in_the_spec_syncs():
