@@ -150,12 +150,12 @@ class Targets:
 
     def pool(self, scheme: str, address: str, port: int, hostname: str) -> urllib3.connectionpool.HTTPConnectionPool:
         key = (scheme, address, port, hostname)
-        pool = self._pools.get(key)
-        if pool is None:
-            with self._lock:
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
                 if len(self._pools) >= self.KEPT:
                     self.close()
-                pool = self._pools.get(key) or self._pools.setdefault(key, self._new_pool(*key))
+                pool = self._pools[key] = self._new_pool(*key)
         return pool
 
     def _new_pool(self, scheme, address, port, hostname):
