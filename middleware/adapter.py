@@ -426,11 +426,14 @@ _compiled: dict[tuple[int, bool], tuple[dict, t.Any]] = {}
 
 
 def compiled(schema: dict, *, response: bool = False):
-    """The JSON-schema validator of one schema of the spec (request or response rules)."""
+    """The JSON-schema validator of one schema of the spec: for a request, ``RequestRules``
+    (jsonschema_rs's verdict first); for a response, jsonschema's."""
     key = (id(schema), response)
     cached = _compiled.get(key)
     if cached is None or cached[0] is not schema:
-        cached = (schema, _SCHEMA_VALIDATORS[response](schema, format_checker=validation.FORMAT_CHECKER))
+        validator = _SCHEMA_VALIDATORS[response](schema, format_checker=validation.FORMAT_CHECKER)
+        # Responses are the API's own, validated in tests only: jsonschema alone, the reference.
+        cached = (schema, validator if response else validation.RequestRules(validator))
         _compiled[key] = cached
     return cached[1]
 

@@ -4,16 +4,23 @@ JSON Schema as the spec writes it (Draft 4 with OpenAPI's nullable), plus what t
 uuid, ISO dates and RFC 3339 instants with an offset, exact decimal ``multipleOf`` for money, no
 NUL characters. Each schema is compiled once. Connexion calls these through the validator classes
 in ``middleware/adapter.py``; errors name the field at fault.
+
+A request's verdict comes from jsonschema_rs (``RequestRules``): it accepts valid input in Rust,
+with the contract's formats, exact ``multipleOf`` and Python's own patterns called back. jsonschema
+stays the judge of everything the quick check refuses, and says what is wrong with it, so
+an error answer is the same as before, word for word.
 """
 from __future__ import annotations
 
 import datetime
+import functools
 from decimal import Decimal, InvalidOperation
 import json
 import re
 import uuid
 import typing as t
 
+import jsonschema_rs
 from jsonschema import Draft4Validator, FormatChecker, ValidationError
 from jsonschema.exceptions import best_match
 
@@ -72,23 +79,140 @@ def _is_image_url(value) -> bool:
     return True
 
 
+def _is_exact_multiple(instance, step) -> bool:
+    if not isinstance(instance, (int, float)) or isinstance(instance, bool):
+        return True
+    try:
+        value = Decimal(repr(instance)) if isinstance(instance, float) else Decimal(instance)
+        return value % Decimal(repr(step)) == 0
+    except (InvalidOperation, ValueError):
+        return False
+
+
 def _exact_multiple_of(validator, step, instance, schema):
     """multipleOf in decimal arithmetic: jsonschema divides floats, so 0.29 is 'not a multiple' of
     0.01 there. Money is declared ``multipleOf: 0.01`` and must be checked exactly."""
-    if not validator.is_type(instance, "number") or isinstance(instance, bool):
-        return
-    try:
-        value = Decimal(repr(instance)) if isinstance(instance, float) else Decimal(instance)
-        fits = value % Decimal(repr(step)) == 0
-    except (InvalidOperation, ValueError):
-        fits = False
-    if not fits:
+    if not _is_exact_multiple(instance, step):
         yield ValidationError(f"{instance!r} is not a multiple of {step}")
 
 
 # What the contract checks beyond JSON Schema's own keywords (connexion's OpenAPI dialect is added
 # where the validators are built, in middleware/adapter.py).
 KEYWORDS = {"multipleOf": _exact_multiple_of}
+
+
+class _QuickMultipleOf:
+    """jsonschema_rs's ``multipleOf``, replaced by the exact decimal rule above."""
+
+    def __init__(self, _parent_schema, step, _schema_path):
+        self.step = step
+
+    def validate(self, instance) -> None:
+        if not _is_exact_multiple(instance, self.step):
+            raise ValueError(f"{instance!r} is not a multiple of {self.step}")
+
+
+class _QuickPattern:
+    """jsonschema_rs's ``pattern``, replaced by Python's ``re.search`` as jsonschema applies it:
+    the two regex dialects differ (``$`` before a final newline, what ``\\d`` and ``\\w`` match)."""
+
+    def __init__(self, _parent_schema, pattern, _schema_path):
+        self.regex = re.compile(pattern)
+
+    def validate(self, instance) -> None:
+        if isinstance(instance, str) and not self.regex.search(instance):
+            raise ValueError(f"{instance!r} does not match {self.regex.pattern!r}")
+
+
+# Draft 4's validation keywords. Everything else is left out of the quick check's schema: the
+# annotations, and the ``components`` connexion writes into each body schema it hands over (which
+# holds that schema again).
+_SUBSCHEMA = frozenset({"items", "additionalItems", "additionalProperties", "not", "allOf", "anyOf", "oneOf"})
+_SUBSCHEMAS_BY_NAME = frozenset({"properties", "patternProperties", "dependencies"})
+_VALUES = frozenset({"type", "enum", "format", "required", "minProperties", "maxProperties", "minItems",
+                     "maxItems", "uniqueItems", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                     "multipleOf", "minLength", "maxLength", "pattern"})
+
+
+class NotPlain(ValueError):
+    """A schema the quick check does not take: a reference left unresolved, or a cycle."""
+
+
+def plain_json_schema(schema, _within: tuple = ()):
+    """A schema in connexion's OpenAPI dialect as plain Draft 4: its validation keywords only, and
+    where ``nullable`` lets null through the ``type``, ``enum`` and ``allOf`` of its schema
+    (connexion's rules and ``middleware/adapter.py``'s), null written into them. The schema
+    itself is left as it is."""
+    if isinstance(schema, list):
+        return [plain_json_schema(item, _within) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema or id(schema) in _within:
+        raise NotPlain("a reference or a cycle")
+    within = (*_within, id(schema))
+    plain = {}
+    for key, value in schema.items():
+        if key in _SUBSCHEMA:
+            plain[key] = plain_json_schema(value, within)
+        elif key in _SUBSCHEMAS_BY_NAME and isinstance(value, dict):
+            plain[key] = {name: plain_json_schema(item, within) for name, item in value.items()}
+        elif key in _VALUES:
+            plain[key] = value
+    if schema.get("x-nullable") is True or schema.get("nullable"):
+        if "type" in plain:
+            types = plain["type"] if isinstance(plain["type"], list) else [plain["type"]]
+            plain["type"] = types if "null" in types else [*types, "null"]
+        if isinstance(plain.get("enum"), list) and None not in plain["enum"]:
+            plain["enum"] = [*plain["enum"], None]
+        if isinstance(plain.get("allOf"), list):
+            plain["allOf"] = [{"anyOf": [{"type": "null"}, part]} for part in plain["allOf"]]
+    return plain
+
+
+def _format_names(schema, found: set) -> set:
+    if isinstance(schema, dict):
+        if isinstance(schema.get("format"), str):
+            found.add(schema["format"])
+        for value in schema.values():
+            _format_names(value, found)
+    elif isinstance(schema, list):
+        for item in schema:
+            _format_names(item, found)
+    return found
+
+
+def _quick_validator(schema):
+    """jsonschema_rs for ``schema``, every format the schema names checked by FORMAT_CHECKER (the
+    same functions jsonschema calls); None when it cannot take the schema."""
+    try:
+        plain = plain_json_schema(schema)
+        formats = {name: functools.partial(_conforms, name) for name in _format_names(plain, set())}
+        return jsonschema_rs.Draft4Validator(plain, formats=formats, validate_formats=True,
+                                             keywords={"multipleOf": _QuickMultipleOf, "pattern": _QuickPattern})
+    except (ValueError, TypeError, re.error):
+        return None
+
+
+def _conforms(name: str, value) -> bool:
+    return FORMAT_CHECKER.conforms(value, name)
+
+
+class RequestRules:
+    """A request schema's validator (``iter_errors``, as jsonschema's): what jsonschema_rs finds
+    valid has no errors; anything else is jsonschema's to judge and to explain."""
+
+    def __init__(self, validator):
+        self.validator = validator
+        self.quick = _quick_validator(validator.schema)
+
+    def iter_errors(self, instance) -> t.Iterator[ValidationError]:
+        if self.quick is not None:
+            try:
+                if self.quick.is_valid(instance):
+                    return iter(())
+            except (ValueError, TypeError, OverflowError):  # a value Rust cannot hold: jsonschema judges it
+                pass
+        return self.validator.iter_errors(instance)
 
 
 def field_of(error: ValidationError) -> str | None:
