@@ -10,6 +10,8 @@ What it adapts, and why (measurements in docs/decisions/):
 - connexion's OAuth handler without a per-request signature inspection (``SECURITY_MAP``);
 - the Swagger UI layer stepped over by API calls, its documents rendered once (``SwaggerUI``),
   and turned off with SERVE_DOCS (``swagger_ui_options``);
+- request validation with its validators built once per operation instead of per request
+  (``RequestValidation``);
 - the spec's validation rules (``middleware/validation.py``) plugged in as connexion validators
   (``VALIDATORS``, passed as the documented ``validator_map``).
 
@@ -51,7 +53,10 @@ from connexion.decorators import FlaskDecorator
 from connexion.decorators.parameter import SyncParameterDecorator, prep_kwargs, unwrap_decorators
 from connexion.http_facts import FORM_CONTENT_TYPES
 from connexion.json_schema import Draft4RequestValidator, Draft4ResponseValidator, allow_nullable
+from connexion import utils as connexion_utils
 from connexion.middleware import ConnexionMiddleware
+from connexion.middleware.request_validation import (RequestValidationAPI, RequestValidationMiddleware,
+                                                     RequestValidationOperation)
 from connexion.middleware.swagger_ui import SwaggerUIAPI, SwaggerUIMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.security import SECURITY_HANDLERS, OAuthSecurityHandler
@@ -407,10 +412,81 @@ _SPEC_DOCUMENTS = ("/openapi.json", "/openapi.yaml")
 _DOCUMENTS_KEPT = 16
 
 
-# connexion's middleware stack with its Swagger UI layer replaced. A tuple: each app needs a list
-# of its own, since connexion inserts added middlewares into the one it is given.
-MIDDLEWARES = tuple(SwaggerUI if layer is SwaggerUIMiddleware else layer
-                    for layer in ConnexionMiddleware.default_middlewares)
+class PreparedValidation(RequestValidationOperation):
+    """connexion's request validation of one operation, with what connexion builds for every
+    request built once: the parameter validator with its URI parser, and per media type the body's
+    schema and validator. None of them keeps anything of a request. The content type is found
+    without the type aliases connexion's helper builds on each call."""
+
+    _BODIES_KEPT = 8  # media types whose body validator is kept: clients choose them
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._parameters: ParameterValidator | None = None
+        self._bodies: dict[tuple[str, str], t.Any] = {}
+
+    def _parameter_validator(self) -> ParameterValidator:
+        if self._parameters is None:
+            self._parameters = self._validator_map["parameter"](
+                self._operation.parameters, uri_parser=self._uri_parser(),
+                strict_validation=self.strict_validation, security_query_params=self.security_query_params)
+        return self._parameters
+
+    def _uri_parser(self):
+        return self._operation.uri_parser_class(self._operation.parameters, self._operation.body_definition())
+
+    def extract_content_type(self, headers) -> tuple[str, str]:
+        content_type = next((value.decode("latin-1") for name, value in headers if name.lower() == b"content-type"), None)
+        mime_type, encoding = connexion_utils.split_content_type(content_type)
+        if mime_type is None:  # the header is not required: connexion's guess
+            mime_type = self._operation.consumes[0] if self._operation.consumes else "application/octet-stream"
+        return mime_type, encoding or "utf-8"
+
+    def _body_validator(self, mime_type: str, encoding: str):
+        key = (mime_type, encoding)
+        if key not in self._bodies:
+            if len(self._bodies) >= self._BODIES_KEPT:
+                self._bodies.clear()
+            self._bodies[key] = self._new_body_validator(mime_type, encoding)
+        return self._bodies[key]
+
+    def _new_body_validator(self, mime_type: str, encoding: str):
+        schema = self._operation.body_schema(mime_type)
+        if not schema:
+            return None
+        try:
+            validator_class = self._validator_map["body"][mime_type]
+        except KeyError:
+            return None  # connexion skips validation too
+        return validator_class(schema=schema, required=self._operation.request_body.get("required", False),
+                               nullable=is_nullable(self._operation.body_definition(mime_type)),
+                               encoding=encoding, strict_validation=self.strict_validation,
+                               uri_parser=self._uri_parser())
+
+    async def __call__(self, scope, receive, send):
+        self._parameter_validator().validate(scope)
+        mime_type, encoding = self.extract_content_type(scope["headers"])
+        self.validate_mime_type(mime_type)
+        body = self._body_validator(mime_type, encoding)
+        if body is not None:
+            receive, scope = await body.wrap_receive(receive, scope=scope)
+        await self.next_app(scope, receive, send)
+
+
+class _PreparedValidationAPI(RequestValidationAPI):
+    def make_operation(self, operation) -> PreparedValidation:
+        return PreparedValidation(self.next_app, operation=operation, strict_validation=self.strict_validation,
+                                  validator_map=self.validator_map)
+
+
+class RequestValidation(RequestValidationMiddleware):
+    api_cls = _PreparedValidationAPI
+
+
+# connexion's middleware stack with its Swagger UI and request validation layers replaced. A tuple:
+# each app needs a list of its own, since connexion inserts added middlewares into the one it is given.
+_REPLACED = {SwaggerUIMiddleware: SwaggerUI, RequestValidationMiddleware: RequestValidation}
+MIDDLEWARES = tuple(_REPLACED.get(layer, layer) for layer in ConnexionMiddleware.default_middlewares)
 
 
 # --- the contract's validation rules as connexion validators ---------------------------------------

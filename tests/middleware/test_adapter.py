@@ -237,3 +237,34 @@ def test_spec_documents_keep_their_refs_and_name_the_mount(app_with):
     assert served.json()["components"] == yaml.safe_load(written)["components"]
     behind_proxy = app.test_client(root_path="/clinic").get("/openapi.yaml")
     assert yaml.safe_load(behind_proxy.text)["servers"] == [{"url": "/clinic"}]
+
+
+def test_request_validators_are_built_once_per_operation(client, org_a, monkeypatch):
+    """connexion built a parameter validator (and a URI parser, and a body validator) for every
+    request; adapter.PreparedValidation builds them once. Answers stay connexion's: a body of a
+    media type the operation does not take is refused, a missing one is still required."""
+    built = []
+    original = adapter.ParametersValidator.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(adapter.ParametersValidator, "__init__", counted)
+    body_built = []
+    body_original = adapter.BodyValidator.__init__
+
+    def body_counted(self, *args, **kwargs):
+        body_built.append(self)
+        body_original(self, *args, **kwargs)
+
+    monkeypatch.setattr(adapter.BodyValidator, "__init__", body_counted)
+    for number in range(3):
+        created = client.post("/suppliers", json={"name": f"Prepared {number}"}, headers=org_a.headers)
+        assert created.status_code == 201, created.text
+        assert client.get(f"/suppliers/{created.json()['data']['id']}", headers=org_a.headers).status_code == 200
+    assert len(built) <= 2 and len(body_built) <= 1
+    wrong = client.post("/suppliers", content=b"name=x", headers={**org_a.headers, "Content-Type": "text/plain"})
+    assert wrong.status_code == 415
+    missing = client.post("/suppliers", headers={**org_a.headers, "Content-Type": "application/json"})
+    assert missing.status_code == 400 and error_of(missing)["code"] in ("VALIDATION_ERROR", "MALFORMED_REQUEST")
