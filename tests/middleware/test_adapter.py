@@ -239,26 +239,24 @@ def test_spec_documents_keep_their_refs_and_name_the_mount(app_with):
     assert yaml.safe_load(behind_proxy.text)["servers"] == [{"url": "/clinic"}]
 
 
+def _counting_instances(monkeypatch, cls) -> list:
+    made = []
+    original = cls.__init__
+
+    def counted(self, *args, **kwargs):
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", counted)
+    return made
+
+
 def test_request_validators_are_built_once_per_operation(client, org_a, monkeypatch):
     """connexion built a parameter validator (and a URI parser, and a body validator) for every
     request; adapter.PreparedValidation builds them once. Answers stay connexion's: a body of a
     media type the operation does not take is refused, a missing one is still required."""
-    built = []
-    original = adapter.ParametersValidator.__init__
-
-    def counted(self, *args, **kwargs):
-        built.append(self)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(adapter.ParametersValidator, "__init__", counted)
-    body_built = []
-    body_original = adapter.BodyValidator.__init__
-
-    def body_counted(self, *args, **kwargs):
-        body_built.append(self)
-        body_original(self, *args, **kwargs)
-
-    monkeypatch.setattr(adapter.BodyValidator, "__init__", body_counted)
+    built = _counting_instances(monkeypatch, adapter.ParametersValidator)
+    body_built = _counting_instances(monkeypatch, adapter.BodyValidator)
     for number in range(3):
         created = client.post("/suppliers", json={"name": f"Prepared {number}"}, headers=org_a.headers)
         assert created.status_code == 201, created.text
