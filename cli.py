@@ -76,7 +76,7 @@ def _create_org(args, password):
         raise SystemExit(f"error: {mapped.message if mapped else exc}") from exc
 
 
-def _with_app_engine(settings, url, action, *, application_name: str = "clinic-api"):
+def _with_app_engine(settings, url, action, *, application_name: str = database.APPLICATION_NAME):
     """Run ``action`` with an application state of its own: the settings and a pool, no server."""
     import state
     from models import credentials

@@ -428,11 +428,13 @@ class PreparedValidation(RequestValidationOperation):
     def _parameter_validator(self) -> ParameterValidator:
         if self._parameters is None:
             self._parameters = self._validator_map["parameter"](
-                self._operation.parameters, uri_parser=self._uri_parser(),
+                self._operation.parameters, uri_parser=self._uri_parser,
                 strict_validation=self.strict_validation, security_query_params=self.security_query_params)
         return self._parameters
 
+    @functools.cached_property
     def _uri_parser(self):
+        """One URI parser for the parameters and every body validator, as it keeps nothing of a request."""
         return self._operation.uri_parser_class(self._operation.parameters, self._operation.body_definition())
 
     def extract_content_type(self, headers) -> tuple[str, str]:
@@ -461,7 +463,7 @@ class PreparedValidation(RequestValidationOperation):
         return validator_class(schema=schema, required=self._operation.request_body.get("required", False),
                                nullable=is_nullable(self._operation.body_definition(mime_type)),
                                encoding=encoding, strict_validation=self.strict_validation,
-                               uri_parser=self._uri_parser())
+                               uri_parser=self._uri_parser)
 
     async def __call__(self, scope, receive, send):
         self._parameter_validator().validate(scope)

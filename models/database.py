@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATIONS_DIR = ROOT / "sql"
 EMBEDDED_DATABASE = "clinic"
+# How the API's connections appear in pg_stat_activity (the webhook worker's have a name of their own).
+APPLICATION_NAME = "clinic-api"
 # The role the API runs as on servers the project starts itself; the superuser migrates.
 EMBEDDED_RUNTIME_ROLE = "clinic_api"
 
@@ -552,7 +554,7 @@ def _json_dumps(value) -> str:
     return json.dumps(value, default=_json_default)
 
 
-def create_pools(url: str, settings: Settings, *, application_name: str = "clinic-api") -> Pools:
+def create_pools(url: str, settings: Settings, *, application_name: str = APPLICATION_NAME) -> Pools:
     """The process's pools, their connections named ``application_name`` in pg_stat_activity.
 
     The server-side timeouts that keep them healthy are the runtime role's own settings (set by
