@@ -76,6 +76,7 @@ class Settings:
     db_lock_timeout_ms: int = 2000
     db_idle_in_transaction_timeout_ms: int = 10000
     db_connect_timeout_s: int = 3
+    db_prepared_statements: bool = True
     # The PEM private key access tokens are signed with (ES256); development: DATA_DIR's, generated.
     jwt_signing_key_file: Path | None = None
     # Keys that verify but never sign (PEM, private or public): the previous key during a rotation.
@@ -193,6 +194,7 @@ def load(env=None, *, serving: bool = True) -> Settings:
             "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", defaults.db_idle_in_transaction_timeout_ms, env
         ),
         db_connect_timeout_s=_int("DB_CONNECT_TIMEOUT_S", defaults.db_connect_timeout_s, env),
+        db_prepared_statements=_bool("DB_PREPARED_STATEMENTS", defaults.db_prepared_statements, env),
         jwt_signing_key_file=Path(env["JWT_SIGNING_KEY_FILE"]) if env.get("JWT_SIGNING_KEY_FILE") else None,
         jwt_verification_key_files=_list("JWT_VERIFICATION_KEY_FILES", env),
         jwt_issuer=env.get("JWT_ISSUER", defaults.jwt_issuer),

@@ -24,6 +24,7 @@ from models.tenancy import Caller, check_org, scoped
 from models import access, audit
 from models import events
 from models import idempotency as idempotency_keys
+from models.prepared import prepared
 from models.idempotency import IdempotentRequest
 from models import database, sync
 from models.database import current_engine
@@ -268,9 +269,10 @@ def _build_audited_insert(resource: Resource, names: tuple[str, ...], wanted: tu
     written = [audit.insert_from(created, "create", resource.name).cte("audited")]
     if resource.emits_events:
         written += events.insert_from(created, resource.name, names)
+    # Planning this statement costs PostgreSQL more than running it: planned once per connection.
     if found is None:
-        return select(created).add_cte(*written)
-    return select(found, created).select_from(found.outerjoin(created, sa.true())).add_cte(*written)
+        return prepared(select(created).add_cte(*written))
+    return prepared(select(found, created).select_from(found.outerjoin(created, sa.true())).add_cte(*written))
 
 
 def _insert_audited(conn, resource: Resource, caller: Caller, values: Mapping[str, Any]) -> dict:
@@ -339,10 +341,11 @@ def _build_select_with_embeds(resource: Resource, embed: list[str]) -> _EmbedQue
         placed = tuple((first + i, c.name) for i, c in enumerate(shown))
         nested.append((name, next(i for i, col in placed if col == "id"), placed))
     query = select(*columns).select_from(source)
-    by_id = query.where(table.c.id == sa.bindparam(ROW_ID), *scoped(table, sa.bindparam(EMBED_ORG)))
+    # One row by its id is cheap to run and dear to plan: planned once per connection.
+    by_id = prepared(query.where(table.c.id == sa.bindparam(ROW_ID), *scoped(table, sa.bindparam(EMBED_ORG))))
     by_id_recorded = None
     if resource.patient_column:
-        by_id_recorded = access.recorded(by_id, resource.patient_column, "get", resource.name)
+        by_id_recorded = prepared(access.recorded(by_id, resource.patient_column, "get", resource.name))
     return _EmbedQuery(query, base, tuple(nested), by_id, by_id_recorded)
 
 

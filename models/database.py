@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 import state
 from config import ROOT, Settings
-from models import deadline
+from models import deadline, prepared
 
 log = logging.getLogger(__name__)
 
@@ -574,11 +574,22 @@ def create_pools(url: str, settings: Settings, *, application_name: str = APPLIC
     # An autocommit connection never holds a transaction, so the rollback the pool sends on
     # every check-in would have nothing to undo.
     autocommit = dict(isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **common)
+
+    def engine(name: str, target: str, **options) -> Engine:
+        if settings.db_prepared_statements:
+            factory = prepared.connection_factory(prepared.Switch(name))
+            options["connect_args"] = {**options["connect_args"], "connection_factory": factory}
+        made = sa.create_engine(sqlalchemy_url(target), **options)
+        if settings.db_prepared_statements:
+            # Before any listener that rewrites the text (_commit_without_flush_wait's prefix).
+            sa.event.listen(made, "before_cursor_execute", prepared.mark)
+        return made
+
     pools = Pools(
-        writer=sa.create_engine(sqlalchemy_url(url), **common),
-        reader=sa.create_engine(sqlalchemy_url(url), **autocommit),
+        writer=engine("writer", url, **common),
+        reader=engine("reader", url, **autocommit),
         replicas=tuple(Replica(name=f"replica{n}", url=replica_url,
-                               engine=sa.create_engine(sqlalchemy_url(replica_url), **autocommit))
+                               engine=engine(f"replica{n}", replica_url, **autocommit))
                        for n, replica_url in enumerate(settings.database_replica_urls, start=1)),
         max_lag_seconds=settings.replica_max_lag_seconds,
     )

@@ -82,3 +82,25 @@ def test_a_row_held_for_update_makes_a_patch_through_pgbouncer_a_409(api, app, o
     assert response.status_code == 409, response.text
     assert response.json()["error"]["code"] == "CONFLICT"
     assert elapsed < settings.db_lock_timeout_ms / 1000 + 1, elapsed
+
+
+def test_prepared_statements_turn_off_when_the_pooler_moves_a_client(pgbouncer, settings, caplog):
+    """A transaction-mode pooler gives a client another server connection whenever the one it had
+    is busy: the prepared statement is missing there, the statement goes again as text, and the
+    pool prepares nothing more (models/prepared.py)."""
+    from models.prepared import prepared
+
+    statement = prepared(sa.select(sa.bindparam("n", type_=sa.Integer) + sa.literal_column("1")))
+    pools = database.create_pools(pgbouncer, settings)
+    try:
+        with pools.reader.connect() as mover, pools.writer.connect() as holder:
+            assert mover.execute(statement, {"n": 1}).scalar_one() == 2  # prepared on the server it had
+            assert mover.connection.dbapi_connection.switch.on
+            holder.execute(sa.text("SELECT 1"))  # a transaction: it holds that server now (LIFO)
+            with caplog.at_level("WARNING", logger="models.prepared"):
+                assert mover.execute(statement, {"n": 2}).scalar_one() == 3
+            assert not mover.connection.dbapi_connection.switch.on
+            assert "prepared statements are off for the reader pool" in caplog.text
+            assert [mover.execute(statement, {"n": n}).scalar_one() for n in range(3, 9)] == list(range(4, 10))
+    finally:
+        pools.dispose()
