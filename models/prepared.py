@@ -108,26 +108,37 @@ class _Cursor(psycopg2.extensions.cursor):
         try:
             result = super().execute(prefix + (plan.execute if known else plan.prepare), vars)
         except psycopg2.Error as exc:
-            if exc.pgcode == _THERE and not known:
-                connection.prepared.add(plan.name)
-                self.plan = plan
-                return self.execute(query, vars)
-            if exc.pgcode == _MOVED and known:
-                connection.switch.off(f"{exc.pgcode} {str(exc).strip()}")
-                connection.prepared.discard(plan.name)
-            elif exc.pgcode == _STALE and known:
-                connection.prepared.discard(plan.name)
-                try:
-                    super().execute(f"DEALLOCATE {plan.name}")
-                except psycopg2.Error:  # behind a pooler, possibly another server connection's
-                    pass
-            elif exc.pgcode in _UNPREPARABLE and not known:
-                _plans[plan.body] = None
-            else:
+            code, message = exc.pgcode, str(exc).strip()
+            if not self._understood(plan, known, code, message):
                 raise
-            return super().execute(query, vars)
-        connection.prepared.add(plan.name)
-        return result
+        else:
+            connection.prepared.add(plan.name)
+            return result
+        if code == _THERE:
+            self.plan = plan  # now known: the EXECUTE goes alone
+        elif code == _STALE:
+            try:
+                super().execute(f"DEALLOCATE {plan.name}")
+            except psycopg2.Error:  # behind a pooler, maybe another server connection's
+                pass
+        # Outside the except block: an error of the text is the statement's own, unchained.
+        return self.execute(query, vars)
+
+    def _understood(self, plan: _Plan, known: bool, code: str | None, message: str) -> bool:
+        """Whether a failure was the preparing's, not the statement's (then it goes again)."""
+        connection = self.connection
+        if code == _THERE and not known:
+            connection.prepared.add(plan.name)
+        elif code == _MOVED and known:
+            connection.switch.off(f"{code} {message}")
+            connection.prepared.discard(plan.name)
+        elif code == _STALE and known:
+            connection.prepared.discard(plan.name)
+        elif code in _UNPREPARABLE and not known:
+            _plans[plan.body] = None
+        else:
+            return False
+        return True
 
 
 def connection_factory(switch: Switch) -> type:
