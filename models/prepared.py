@@ -11,8 +11,8 @@ The name is a digest of the statement's text, so two clients that meet on one se
 behind a pooler mean the same statement by the same name. A pooler that hands a client another
 server connection between statements shows itself by a prepared statement that is missing: the
 statement then goes again as text (it had no effect: it failed whole), and that engine prepares
-nothing more in this process. Statements inside an explicit transaction are
-never prepared, since a failed one would abort the transaction.
+nothing more in this process. Statements inside an explicit transaction are never prepared,
+since a failed one would abort the transaction.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Statements marked ``prepared`` are planned once per connection, outside transactions only, and
 anything the server will not keep prepared runs as text with the same answer (models/prepared.py).
 The pooler that moves clients between server connections is in tests/test_pgbouncer.py."""
+import dataclasses
+
 import pytest
 import sqlalchemy as sa
 
@@ -42,6 +44,25 @@ def test_a_percent_sign_in_the_text_stays_one(pools):
     with pools.reader.connect() as conn:
         assert [conn.execute(share, {"x": "a"}).scalar_one() for _ in range(2)] == ["100%a%(x)s"] * 2
         assert len(_kept(conn)) == 1
+
+
+def test_a_connection_keeps_a_bounded_number_of_statements(pools, monkeypatch):
+    monkeypatch.setattr("models.prepared.PER_CONNECTION", 2)
+    shapes = [prepared(sa.select(sa.bindparam("n", type_=sa.Integer) + sa.literal_column(str(k))))
+              for k in range(3)]
+    with pools.reader.connect() as conn:
+        assert [conn.execute(shape, {"n": 1}).scalar_one() for shape in shapes * 2] == [1, 2, 3] * 2
+        assert len(_kept(conn)) == 2
+
+
+def test_db_prepared_statements_false_sends_text_only(owner_url, settings):
+    pools = database.create_pools(owner_url, dataclasses.replace(settings, db_prepared_statements=False))
+    try:
+        with pools.reader.connect() as conn:
+            assert [conn.execute(NEXT, {"n": n}).scalar_one() for n in range(3)] == [1, 2, 3]
+            assert _kept(conn) == {}
+    finally:
+        pools.dispose()
 
 
 def test_a_statement_inside_a_transaction_is_sent_as_text(pools):
