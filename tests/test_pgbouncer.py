@@ -104,3 +104,42 @@ def test_prepared_statements_turn_off_when_the_pooler_moves_a_client(pgbouncer, 
             assert [mover.execute(statement, {"n": n}).scalar_one() for n in range(3, 9)] == list(range(4, 10))
     finally:
         pools.dispose()
+
+
+def test_a_served_api_under_concurrent_load_through_pgbouncer_answers_every_request(pgbouncer, app, tmp_path):
+    """Concurrent requests spread each worker's client connections over PgBouncer's server
+    connections: a get whose statement was prepared on one server connection reaches another.
+    Every answer stays right, and each worker that saw it says once that it stopped preparing."""
+    log = tmp_path / "serve.log"
+    with open(log, "w") as stderr:
+        process, base = spawn_server(pgbouncer, production=True, stderr=stderr, WEB_CONCURRENCY="2",
+                                     LOG_LEVEL="WARNING")
+    try:
+        headers, branch = _login(base, app)
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            created = [http.post("/patients", json={"branch_id": branch, "name": f"Pooled {n}"}).json()["data"]["id"]
+                       for n in range(8)]
+
+        def client_run(worker: int) -> list[int]:
+            problems = []
+            with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+                for n in range(30):
+                    patient = created[(worker + n) % len(created)]
+                    answer = http.get(f"/patients/{patient}")
+                    if answer.status_code != 200 or answer.json()["data"]["id"] != patient:
+                        problems.append(answer.status_code)
+                    if n % 10 == 0:
+                        made = http.post("/patients", json={"branch_id": branch, "name": f"More {worker} {n}"})
+                        if made.status_code != 201:
+                            problems.append(made.status_code)
+            return problems
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            problems = [p for found in pool.map(client_run, range(8)) for p in found]
+        assert problems == []
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "prepared statements are off" in log.read_text()
