@@ -1,8 +1,9 @@
 """What PostgreSQL spends on the API's statements, sent as text (as psycopg2 sends them) against
 prepared once and executed (as asyncpg, the peer's driver, sends them).
 
-psycopg2 has no prepared statements of the protocol; every statement is parsed, analysed and
-planned again. This measures how much of a backend's CPU per statement that is: the statements
+psycopg2 has no prepared statements of the protocol: a statement sent as text is parsed,
+analysed and planned again (the API prepares its get by id and its create in SQL,
+models/prepared.py). This measures how much of a backend's CPU per statement that is: the statements
 the API sends for a get by id, a list page, a rare search and a create are captured from the
 app in-process, then each is run on one backend in alternating blocks as its text, as
 ``EXECUTE`` of a ``PREPARE``d statement (PostgreSQL's default ``plan_cache_mode``: a generic plan
@@ -15,7 +16,6 @@ neighbour's load barely moves it; everything runs inside one transaction that is
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -25,11 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import seed as seeding  # noqa: E402
 from bench.inprocess import seeded_app  # noqa: E402
-from models import database  # noqa: E402
+from models import database, prepared  # noqa: E402
 
 ROUNDS = int(os.environ.get("PLANNING_BENCH_ROUNDS", "6"))
 BLOCK = int(os.environ.get("PLANNING_BENCH_BLOCK", "200"))
-_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 
 def _sent(engine, call) -> list[tuple[str, dict]]:
@@ -53,8 +52,7 @@ def _variants(cursor, name: str, statement: str, parameters: dict) -> dict[str, 
     """The statement as text, and as EXECUTE of its PREPAREd form (psycopg2's placeholders
     numbered; its ``%%`` is a literal ``%``)."""
     statement = statement.removeprefix(database.ASYNCHRONOUS_PREFIX)
-    order: dict[str, int] = {}
-    numbered = _PLACEHOLDER.sub(lambda m: f"${order.setdefault(m.group(1), len(order) + 1)}", statement)
+    numbered, order = prepared.positional(statement)
     cursor.execute(f"PREPARE {name} AS " + numbered.replace("%%", "%"))
     arguments = cursor.mogrify(", ".join(["%s"] * len(order)), [parameters[key] for key in order]).decode()
     return {"text": cursor.mogrify(statement, parameters).decode(),

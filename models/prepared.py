@@ -61,19 +61,25 @@ class _Plan:
 _plans: dict[str, _Plan | None] = {}
 
 
-def _plan_of(body: str) -> _Plan | None:
-    if body in _plans:
-        return _plans[body]
+def positional(body: str) -> tuple[str, list[str]]:
+    """psycopg2's text with ``$1..$n`` for its named placeholders (its ``%%`` kept), and the
+    names in the order of their numbers."""
     names: list[str] = []
 
-    def positional(match: re.Match) -> str:
+    def number(match: re.Match) -> str:
         if match.group(1) is None:
             return match.group(0)
         if match.group(1) not in names:
             names.append(match.group(1))
         return f"${names.index(match.group(1)) + 1}"
 
-    text = _PARAMETER.sub(positional, body)
+    return _PARAMETER.sub(number, body), names
+
+
+def _plan_of(body: str) -> _Plan | None:
+    if body in _plans:
+        return _plans[body]
+    text, names = positional(body)
     name = "clinic_" + hashlib.sha1(body.encode()).hexdigest()[:24]
     execute = f"EXECUTE {name}(" + ", ".join(f"%({n})s" for n in names) + ")" if names else f"EXECUTE {name}"
     if len(_plans) >= _PLANS_KEPT:
@@ -108,32 +114,30 @@ class _Cursor(psycopg2.extensions.cursor):
         try:
             result = super().execute(prefix + (plan.execute if known else plan.prepare), vars)
         except psycopg2.Error as exc:
-            code, message = exc.pgcode, str(exc).strip()
-            if not self._understood(plan, known, code, message):
+            if not self._recovered(plan, known, exc):
                 raise
         else:
             connection.prepared.add(plan.name)
             return result
-        if code == _THERE:
+        # Outside the except block: an error of the text is the statement's own, unchained.
+        return self.execute(query, vars)
+
+    def _recovered(self, plan: _Plan, known: bool, exc: psycopg2.Error) -> bool:
+        """Whether a failure was the preparing's, not the statement's; if so, the connection's
+        record is set right and the next ``execute`` sends the statement again."""
+        connection, code = self.connection, exc.pgcode
+        if code == _THERE and not known:
+            connection.prepared.add(plan.name)
             self.plan = plan  # now known: the EXECUTE goes alone
-        elif code == _STALE:
+        elif code == _MOVED and known:
+            connection.switch.off(f"{code} {str(exc).strip()}")
+            connection.prepared.discard(plan.name)
+        elif code == _STALE and known:
+            connection.prepared.discard(plan.name)
             try:
                 super().execute(f"DEALLOCATE {plan.name}")
             except psycopg2.Error:  # behind a pooler, maybe another server connection's
                 pass
-        # Outside the except block: an error of the text is the statement's own, unchained.
-        return self.execute(query, vars)
-
-    def _understood(self, plan: _Plan, known: bool, code: str | None, message: str) -> bool:
-        """Whether a failure was the preparing's, not the statement's (then it goes again)."""
-        connection = self.connection
-        if code == _THERE and not known:
-            connection.prepared.add(plan.name)
-        elif code == _MOVED and known:
-            connection.switch.off(f"{code} {message}")
-            connection.prepared.discard(plan.name)
-        elif code == _STALE and known:
-            connection.prepared.discard(plan.name)
         elif code in _UNPREPARABLE and not known:
             _plans[plan.body] = None
         else:

@@ -109,7 +109,7 @@ def test_prepared_statements_turn_off_when_the_pooler_moves_a_client(pgbouncer, 
 def test_a_served_api_under_concurrent_load_through_pgbouncer_answers_every_request(pgbouncer, app, tmp_path):
     """Concurrent requests spread each worker's client connections over PgBouncer's server
     connections: a get whose statement was prepared on one server connection reaches another.
-    Every answer stays right, and each worker that saw it says once that it stopped preparing."""
+    Every answer stays right, and the served log says that preparing stopped."""
     log = tmp_path / "serve.log"
     with open(log, "w") as stderr:
         process, base = spawn_server(pgbouncer, production=True, stderr=stderr, WEB_CONCURRENCY="2",
