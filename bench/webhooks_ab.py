@@ -12,6 +12,11 @@ turn, BENCH_ROUNDS times, so that the machine's load drifts over both alike; the
 medians is the cost of events. B's deliveries are counted: every create must arrive. Then
 BENCH_LATENCY_SAMPLES creates in B, one at a time, time the answer of the create to the arrival
 of its event at the receiver.
+
+The same rounds run again with the delivery side apart (BENCH_WEBHOOK_WORKER_APART, on by
+default; it needs two cores): the API's workers and their PostgreSQL backends pinned to one core,
+the delivery worker, its backends, the receiver and the load generator to the rest, as when the
+worker runs on a host of its own. That ratio is what an event costs the API's own processes.
 """
 from __future__ import annotations
 
@@ -106,6 +111,67 @@ def _cpu(api, receiver: Receiver, backends: Backends) -> dict[str, float | None]
             "receiver": process_cpu_seconds(receiver.process.pid), "load generator": usage.user + usage.system}
 
 
+def _pin(pids: list[int], cpus: list[int]) -> None:
+    """Every thread of each process in ``pids`` to ``cpus`` (affinity is a thread's own; threads
+    started later inherit their starter's)."""
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                os.sched_setaffinity(int(thread), cpus)
+            except OSError:
+                pass  # ended meanwhile
+
+
+def _place(api, receiver: Receiver, backends: Backends, api_cpus: list[int], event_cpus: list[int]) -> None:
+    """The API's workers and their backends on ``api_cpus``; the delivery worker, its backends,
+    the receiver and this process (the load) on ``event_cpus``."""
+    _pin(api.worker_pids() + backends.pids("clinic-api"), api_cpus)
+    worker = api.delivery_worker_pid()
+    _pin(([worker] if worker else []) + backends.pids("clinic-api-webhooks") + [receiver.process.pid, os.getpid()],
+         event_cpus)
+
+
+def _rounds(url: str, api, receiver: Receiver, backends: Backends, orgs: dict, *, rounds: int, duration: int,
+            connections: int, log, placement: tuple[list[int], list[int]] | None = None) -> dict:
+    """A's and B's create runs, interleaved, ``placement`` (the API's cores, the event's) renewed
+    before each run, since pools may have opened connections since."""
+    runs: dict[str, list[float]] = {"A": [], "B": []}
+    costs: dict[str, list[dict]] = {"A": [], "B": []}
+    created_in_b = 0
+    for number in range(rounds):
+        for name in ("A", "B") if number % 2 == 0 else ("B", "A"):
+            settle(url)
+            if placement:
+                _place(api, receiver, backends, *placement)
+            before = _cpu(api, receiver, backends)
+            rate, count = create_load(api.port, *orgs[name], connections, duration)
+            time.sleep(0.5)  # the worker sends what the last creates left
+            after = _cpu(api, receiver, backends)
+            costs[name].append({part: round((after[part] - before[part]) * 1000 / count, 3)
+                                for part in after if after[part] is not None and before[part] is not None})
+            runs[name].append(rate)
+            created_in_b += count if name == "B" else 0
+            log(f"  round {number + 1} {'without' if name == 'A' else 'with   '} a subscription: {rate:7.1f} creates/s")
+    a, b = statistics.median(runs["A"]), statistics.median(runs["B"])
+    cost = {name: {part: round(statistics.median(run.get(part, 0) for run in costs[name]), 3) for part in costs[name][0]}
+            for name in costs}
+    return {"without": runs["A"], "with": runs["B"], "ratio": round(b / a, 3), "created_in_b": created_in_b,
+            "cpu_ms_per_create": {"without": cost["A"], "with": cost["B"]}}
+
+
+def _report(title: str, measured: dict, log) -> None:
+    a, b = statistics.median(measured["without"]), statistics.median(measured["with"])
+    log(f"median creates/s{title} without: {a:.1f}, with one subscription: {b:.1f}, ratio {measured['ratio']:.3f}")
+    cost = measured["cpu_ms_per_create"]
+    for part in cost["with"]:
+        log(f"  CPU per create, {part}: {cost['without'].get(part, 0):.3f} ms without a subscription, "
+            f"{cost['with'][part]:.3f} ms with one")
+
+
 def create_load(port: int, token: str, branch_id: str, connections: int, duration: float) -> tuple[float, int]:
     """(creates per second, creates) from ``connections`` keep-alive connections for ``duration`` seconds."""
     done = [0] * connections
@@ -137,8 +203,10 @@ def create_load(port: int, token: str, branch_id: str, connections: int, duratio
     return sum(done) / (time.monotonic() - started), sum(done)
 
 
-def measure(*, rounds: int, duration: int, connections: int, samples: int, workers: int, log=print) -> dict:
+def measure(*, rounds: int, duration: int, connections: int, samples: int, workers: int, log=print,
+            worker_apart: bool = True) -> dict:
     """The cost of one subscription on creates, and commit-to-delivery latency (module docstring)."""
+    everywhere = sorted(os.sched_getaffinity(0))
     import httpx
 
     url, where = prepare_database("_webhooks")
@@ -167,22 +235,19 @@ def measure(*, rounds: int, duration: int, connections: int, samples: int, worke
         assert subscribed.status_code == 201, subscribed.text
         log(f"database: {where}; {workers} API workers + 1 delivery worker; "
             f"{connections} connections, {duration} s per run, {rounds} rounds")
-        runs: dict[str, list[float]] = {"A": [], "B": []}
-        costs: dict[str, list[dict]] = {"A": [], "B": []}
         backends = Backends(url)
-        created_in_b = 0
-        for number in range(rounds):
-            for name in ("A", "B") if number % 2 == 0 else ("B", "A"):
-                settle(url)
-                before = _cpu(api, receiver, backends)
-                rate, count = create_load(api.port, *orgs[name], connections, duration)
-                time.sleep(0.5)  # the worker sends what the last creates left
-                after = _cpu(api, receiver, backends)
-                costs[name].append({part: round((after[part] - before[part]) * 1000 / count, 3)
-                                    for part in after if after[part] is not None and before[part] is not None})
-                runs[name].append(rate)
-                created_in_b += count if name == "B" else 0
-                log(f"  round {number + 1} {'without' if name == 'A' else 'with   '} a subscription: {rate:7.1f} creates/s")
+        shared = _rounds(url, api, receiver, backends, orgs, rounds=rounds, duration=duration, connections=connections,
+                         log=log)
+        apart = None
+        if worker_apart and len(everywhere) >= 2:
+            log("  the same rounds with the API and its backends on one core, the delivery worker, its backends, "
+                "the receiver and the load on the other")
+            try:
+                apart = _rounds(url, api, receiver, backends, orgs, rounds=rounds, duration=duration,
+                                connections=connections, log=log, placement=(everywhere[:1], everywhere[1:]))
+            finally:
+                _place(api, receiver, backends, everywhere, everywhere)
+        created_in_b = shared["created_in_b"] + (apart["created_in_b"] if apart else 0)
         deadline = time.monotonic() + 120
         while receiver.count < created_in_b and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -198,19 +263,16 @@ def measure(*, rounds: int, duration: int, connections: int, samples: int, worke
                     time.sleep(0.001)
                 latencies.append(receiver.arrivals.get(patient_id, float("inf")) - answered)
         backends.close()
-        a, b = statistics.median(runs["A"]), statistics.median(runs["B"])
-        cost = {name: {part: round(statistics.median(run.get(part, 0) for run in costs[name]), 3) for part in costs[name][0]}
-                for name in costs}
         latencies.sort()
-        result = {"without": runs["A"], "with": runs["B"], "ratio": round(b / a, 3),
+        result = {"without": shared["without"], "with": shared["with"], "ratio": shared["ratio"],
                   "latency_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
                   "latency_p90_ms": round(latencies[int(len(latencies) * 0.9)] * 1000, 1),
                   "creates_in_b": created_in_b, "events_received": delivered, "event_requests": requests,
-                  "cpu_ms_per_create": {"without": cost["A"], "with": cost["B"]}}
-        log(f"median creates/s without: {a:.1f}, with one subscription: {b:.1f}, ratio {b / a:.3f}")
-        for part in cost["B"]:
-            log(f"  CPU per create, {part}: {cost['A'].get(part, 0):.3f} ms without a subscription, "
-                f"{cost['B'][part]:.3f} ms with one")
+                  "cpu_ms_per_create": shared["cpu_ms_per_create"],
+                  "worker_apart": apart and {key: apart[key] for key in ("without", "with", "ratio", "cpu_ms_per_create")}}
+        for title, measured in (("", shared), (" (worker apart)", apart)):
+            if measured:
+                _report(title, measured, log)
         log(f"events received for B's {created_in_b} creates: {delivered} distinct, in {requests} requests")
         log(f"create answer to delivery, {samples} sequential creates: p50 {result['latency_p50_ms']} ms, "
             f"p90 {result['latency_p90_ms']} ms, max {latencies[-1] * 1000:.1f} ms")
@@ -223,7 +285,8 @@ def measure(*, rounds: int, duration: int, connections: int, samples: int, worke
 def main() -> int:
     result = measure(rounds=_int_env("BENCH_ROUNDS", 5), duration=_int_env("BENCH_DURATION", 8),
                      connections=_int_env("BENCH_CONNECTIONS", 16), samples=_int_env("BENCH_LATENCY_SAMPLES", 100),
-                     workers=_int_env("BENCH_WORKERS", os.cpu_count() or 1))
+                     workers=_int_env("BENCH_WORKERS", os.cpu_count() or 1),
+                     worker_apart=os.environ.get("BENCH_WEBHOOK_WORKER_APART", "true") != "false")
     print("BENCH_RESULT " + json.dumps(result))
     return 0
 
