@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from models import database
 from models.prepared import prepared
+from tests.factories import build_world
 
 pytestmark = pytest.mark.usefixtures("app")
 
@@ -146,3 +147,28 @@ def test_a_get_and_a_create_are_planned_once_per_connection(client, org_a, engin
         for conn in connections:
             conn.close()
     assert runs["get"] >= 12 and runs["create"] >= 1
+
+
+def test_a_get_under_a_parent_is_planned_once_per_connection(client, org_a):
+    """A sub-resource's get adds its parent's condition to the engine's prepared get by id; it
+    shows no patient data, so it is read on the reader pool."""
+    reader = database.current_pools().reader
+    world = build_world(org_a)
+    paid = client.post(f"/loans/{world.loan_id}/payments", json={"amount": 10}, headers=org_a.headers)
+    assert paid.status_code == 201, paid.text
+    payment = f"/loans/{world.loan_id}/payments/{paid.json()['data']['id']}"
+    for _ in range(12):
+        assert client.get(payment, headers=org_a.headers).json()["data"]["amount"] == 10
+    other_loan = build_world(org_a).loan_id  # the same payment under another loan of the organization
+    assert client.get(payment.replace(world.loan_id, other_loan), headers=org_a.headers).status_code == 404
+    runs = 0
+    connections = [reader.connect() for _ in range(reader.pool.checkedin())]
+    try:
+        for conn in connections:
+            for text, generic, custom in _kept(conn).values():
+                if "FROM loan_payment" in text and "loan_payment.loan_id = $" in text:
+                    runs += generic + custom
+    finally:
+        for conn in connections:
+            conn.close()
+    assert runs >= 13
