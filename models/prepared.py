@@ -59,6 +59,7 @@ class _Plan:
 
 # Statement text -> its plan, or None for a text the server refused to prepare.
 _plans: dict[str, _Plan | None] = {}
+_UNKNOWN = object()
 
 
 def positional(body: str) -> tuple[str, list[str]]:
@@ -77,8 +78,10 @@ def positional(body: str) -> tuple[str, list[str]]:
 
 
 def _plan_of(body: str) -> _Plan | None:
-    if body in _plans:
-        return _plans[body]
+    # One lookup, not a test and a read: another thread may clear the dict between the two.
+    plan = _plans.get(body, _UNKNOWN)
+    if plan is not _UNKNOWN:
+        return plan
     text, names = positional(body)
     name = "clinic_" + hashlib.sha1(body.encode()).hexdigest()[:24]
     execute = f"EXECUTE {name}(" + ", ".join(f"%({n})s" for n in names) + ")" if names else f"EXECUTE {name}"

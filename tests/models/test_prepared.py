@@ -27,6 +27,22 @@ def _kept(conn) -> dict[str, tuple[str, int, int]]:
     return {name: (text, generic, custom) for name, text, generic, custom in rows}
 
 
+def _kept_in_pool(engine) -> list[dict[str, tuple[str, int, int]]]:
+    """``_kept`` of each idle connection of ``engine``, each checked against what the connection
+    itself believes it has prepared."""
+    connections = [engine.connect() for _ in range(engine.pool.checkedin())]
+    try:
+        kept = []
+        for conn in connections:
+            server_side = _kept(conn)
+            assert conn.connection.dbapi_connection.prepared == set(server_side)
+            kept.append(server_side)
+        return kept
+    finally:
+        for conn in connections:
+            conn.close()
+
+
 NEXT = prepared(sa.select(sa.bindparam("n", type_=sa.Integer) + sa.literal_column("1")))
 
 
@@ -136,16 +152,9 @@ def test_a_get_and_a_create_are_planned_once_per_connection(client, org_a, engin
                 "create" if "INSERT INTO patient" in text else "other")
 
     runs = collections.Counter()
-    connections = [engine.connect() for _ in range(engine.pool.checkedin())]
-    try:
-        for conn in connections:
-            server_side = _kept(conn)
-            assert conn.connection.dbapi_connection.prepared == set(server_side)
-            for text, generic, custom in server_side.values():
-                runs[kind(text)] += generic + custom
-    finally:
-        for conn in connections:
-            conn.close()
+    for server_side in _kept_in_pool(engine):
+        for text, generic, custom in server_side.values():
+            runs[kind(text)] += generic + custom
     assert runs["get"] >= 12 and runs["create"] >= 1
 
 
@@ -161,14 +170,7 @@ def test_a_get_under_a_parent_is_planned_once_per_connection(client, org_a):
         assert client.get(payment, headers=org_a.headers).json()["data"]["amount"] == 10
     other_loan = build_world(org_a).loan_id  # the same payment under another loan of the organization
     assert client.get(payment.replace(world.loan_id, other_loan), headers=org_a.headers).status_code == 404
-    runs = 0
-    connections = [reader.connect() for _ in range(reader.pool.checkedin())]
-    try:
-        for conn in connections:
-            for text, generic, custom in _kept(conn).values():
-                if "FROM loan_payment" in text and "loan_payment.loan_id = $" in text:
-                    runs += generic + custom
-    finally:
-        for conn in connections:
-            conn.close()
+    runs = sum(generic + custom for server_side in _kept_in_pool(reader)
+               for text, generic, custom in server_side.values()
+               if "FROM loan_payment" in text and "loan_payment.loan_id = $" in text)
     assert runs >= 13
